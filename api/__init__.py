@@ -1,0 +1,1 @@
+"""REST API of the dispatcher: tenant and platform routes on aiohttp."""

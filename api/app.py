@@ -1,0 +1,30 @@
+"""The aiohttp application: shared state, the error middleware and every route table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from api.context import CLOCK, POOL, SERVICES, SETTINGS
+from api.errors import error_middleware
+from api.routes import ops
+from dispatcher.clock import Clock, SystemClock
+from dispatcher.settings import Settings
+
+
+def create_app(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    clock: Clock | None = None,
+    services: dict[str, Any] | None = None,
+) -> web.Application:
+    """The pool belongs to the caller, so tests and the CLI decide its lifetime."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[POOL] = pool
+    app[CLOCK] = clock or SystemClock()
+    app[SERVICES] = services or {}
+    app.add_routes(ops.routes)
+    return app

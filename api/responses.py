@@ -1,0 +1,78 @@
+"""JSON in and out: one body parser with clear errors, one serializer (orjson)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from dispatcher.errors import DispatcherError, FieldError, ValidationFailed
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class BadRequest(DispatcherError):
+    status = 400
+    type = "bad_request"
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_body(type_: str, message: str, errors: list[FieldError] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": type_, "message": message}
+    if errors is not None:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    return {"error": body}
+
+
+def error_response(
+    status: int, type_: str, message: str, errors: list[FieldError] | None = None
+) -> web.Response:
+    return json_response(error_body(type_, message, errors), status=status)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The parsed body; 400 for what is not JSON, 413 (via aiohttp) for what is too large."""
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("request body is empty; a JSON object is expected")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    found = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        found.append(FieldError(field, message))
+    return found
+
+
+def validate(model: type[M], data: Any) -> M:
+    """Every problem at once, by field, as a 422."""
+    if not isinstance(data, dict):
+        raise ValidationFailed([FieldError("body", "a JSON object is expected")])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(field_errors(exc)) from None
+
+
+async def parse(request: web.Request, model: type[M]) -> M:
+    return validate(model, await read_json(request))

@@ -1,0 +1,194 @@
+"""`dispatcher` command line: run the roles, migrate, manage tenants and keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from dispatcher import __version__
+from dispatcher.db.migrate import migrate
+from dispatcher.db.pool import create_pool, database_url
+from dispatcher.errors import DispatcherError
+from dispatcher.logs import setup_logging
+from dispatcher.models import Environment
+from dispatcher.settings import Settings, load_settings
+from dispatcher.store import tenants
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextlib.asynccontextmanager
+async def _connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    with database_url(settings) as url:
+        pool = await create_pool(url, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        finally:
+            await pool.close()
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+async def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async with _connection(settings) as conn:
+        applied = await migrate(conn)
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+async def _cmd_tenants_create(settings: Settings, args: argparse.Namespace) -> int:
+    async with _connection(settings) as conn:
+        tenant, keys = await tenants.create_tenant(conn, args.name, _now())
+    if args.json:
+        _print_json(
+            {
+                "tenant_id": tenant.id,
+                "name": tenant.name,
+                "keys": {env.value: k.key for env, k in keys.items()},
+            }
+        )
+    else:
+        print(f"tenant_id:       {tenant.id}")
+        for env, key in keys.items():
+            print(f"{env.value + ' key:':<16} {key.key}")
+        print("Keys are shown once; store them now.")
+    return 0
+
+
+async def _cmd_tenants_list(settings: Settings, args: argparse.Namespace) -> int:
+    async with _connection(settings) as conn:
+        found = await tenants.list_tenants(conn)
+    if args.json:
+        _print_json([{"id": t.id, "name": t.name, "created_at": t.created_at} for t in found])
+    else:
+        for t in found:
+            print(f"{t.id}  {t.created_at:%Y-%m-%d %H:%M}  {t.name}")
+    return 0
+
+
+async def _cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    async with _connection(settings) as conn:
+        if await tenants.get_tenant(conn, args.tenant) is None:
+            print(f"no tenant {args.tenant}", file=sys.stderr)
+            return 1
+        key = await tenants.create_key(conn, args.tenant, Environment(args.env), _now())
+    if args.json:
+        _print_json({"id": key.id, "environment": key.environment.value, "key": key.key})
+    else:
+        print(f"key_id: {key.id}\nkey:    {key.key}\nThe key is shown once; store it now.")
+    return 0
+
+
+async def _cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    async with _connection(settings) as conn:
+        found = await tenants.list_keys(conn, args.tenant)
+    if args.json:
+        _print_json([k.__dict__ for k in found])
+    else:
+        for k in found:
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            print(f"{k.id}  {k.tenant_id}  {k.environment.value:<10}  {k.key_prefix}…  {state}")
+    return 0
+
+
+async def _cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    async with _connection(settings) as conn:
+        done = await tenants.revoke_key(conn, args.key_id, _now())
+    if not done:
+        print(f"no active key {args.key_id}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+def _role(api: bool, worker: bool) -> Callable[[Settings, argparse.Namespace], Awaitable[int]]:
+    async def run(settings: Settings, args: argparse.Namespace) -> int:
+        from dispatcher.service import serve
+
+        await serve(settings, api=api, worker=worker, migrate_first=args.migrate)
+        return 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dispatcher", description="Outbound webhook dispatcher")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, api, worker, text in (
+        ("serve", True, True, "REST API, workers and /metrics in one process"),
+        ("api", True, False, "the REST API alone"),
+        ("worker", False, True, "delivery workers alone"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--migrate", action="store_true", help="apply migrations first")
+        p.add_argument("--host", help="listen address (DISPATCHER_HOST)")
+        p.add_argument("--port", type=int, help="listen port (DISPATCHER_PORT)")
+        p.set_defaults(func=_role(api, worker))
+
+    sub.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_migrate)
+
+    t = sub.add_parser("tenants", help="manage tenants").add_subparsers(
+        dest="action", required=True
+    )
+    tc = t.add_parser("create", help="create a tenant with a sandbox and a production key")
+    tc.add_argument("name")
+    tc.add_argument("--json", action="store_true")
+    tc.set_defaults(func=_cmd_tenants_create)
+    tl = t.add_parser("list", help="list tenants")
+    tl.add_argument("--json", action="store_true")
+    tl.set_defaults(func=_cmd_tenants_list)
+
+    k = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    kc = k.add_parser("create", help="create an API key")
+    kc.add_argument("--tenant", required=True)
+    kc.add_argument("--env", required=True, choices=[e.value for e in Environment])
+    kc.add_argument("--json", action="store_true")
+    kc.set_defaults(func=_cmd_keys_create)
+    kl = k.add_parser("list", help="list API keys (never the keys themselves)")
+    kl.add_argument("--tenant")
+    kl.add_argument("--json", action="store_true")
+    kl.set_defaults(func=_cmd_keys_list)
+    kr = k.add_parser("revoke", help="revoke an API key; effective on the next request")
+    kr.add_argument("key_id")
+    kr.set_defaults(func=_cmd_keys_revoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+    try:
+        settings = load_settings(**overrides)
+        setup_logging(settings.log_format, settings.log_level)
+        try:
+            import uvloop
+
+            runner: Any = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        code: int = runner(args.func(settings, args))
+        return code
+    except DispatcherError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

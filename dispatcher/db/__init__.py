@@ -1,0 +1,1 @@
+"""Database access: embedded server, pool, migrations and the named queries."""

@@ -1,0 +1,384 @@
+"""Every DML statement of the product, named, with its parameters in the comment above it.
+
+Kept together so a schema change is reviewed in one file, and so `tests/integration/
+test_queries.py` can PREPARE each one against the migrated schema.
+"""
+
+from __future__ import annotations
+
+# ---- tenants and API keys ---------------------------------------------------------------
+
+# $1 id, $2 name, $3 created_at
+INSERT_TENANT = "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)"
+
+# $1 id
+GET_TENANT = "SELECT id, name, created_at FROM tenants WHERE id = $1"
+
+LIST_TENANTS = "SELECT id, name, created_at FROM tenants ORDER BY created_at, id"
+
+# $1 id, $2 tenant_id, $3 environment, $4 key_hash, $5 key_prefix, $6 created_at
+INSERT_API_KEY = """
+INSERT INTO api_keys (id, tenant_id, environment, key_hash, key_prefix, created_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+# $1 key_hash -> the live key's tenant and environment
+AUTHENTICATE_KEY = """
+SELECT id, tenant_id, environment, key_hash FROM api_keys
+WHERE key_hash = $1 AND revoked_at IS NULL
+"""
+
+# $1 tenant_id (NULL for all)
+LIST_API_KEYS = """
+SELECT id, tenant_id, environment, key_prefix, created_at, revoked_at FROM api_keys
+WHERE $1::text IS NULL OR tenant_id = $1
+ORDER BY created_at, id
+"""
+
+# $1 id, $2 revoked_at -> the revoked key, or nothing when unknown or already revoked
+REVOKE_API_KEY = """
+UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL
+RETURNING id, tenant_id, environment
+"""
+
+# ---- endpoints ----------------------------------------------------------------------------
+
+ENDPOINT_COLUMNS = """
+id, tenant_id, environment, url, description, event_types, enabled, disabled_reason,
+metadata, standard_webhooks, created_at, updated_at
+"""
+
+# $1 id, $2 tenant_id, $3 environment, $4 url, $5 description, $6 event_types, $7 enabled,
+# $8 metadata, $9 standard_webhooks, $10 created_at
+INSERT_ENDPOINT = f"""
+INSERT INTO endpoints (id, tenant_id, environment, url, description, event_types, enabled,
+                       metadata, standard_webhooks, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+RETURNING {ENDPOINT_COLUMNS}
+"""
+
+# $1 id, $2 tenant_id, $3 environment
+GET_ENDPOINT = f"""
+SELECT {ENDPOINT_COLUMNS} FROM endpoints
+WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND deleted_at IS NULL
+"""
+
+# $1 tenant_id, $2 environment, $3 cursor created_at (NULL for the first page), $4 cursor id,
+# $5 limit
+LIST_ENDPOINTS = f"""
+SELECT {ENDPOINT_COLUMNS} FROM endpoints
+WHERE tenant_id = $1 AND environment = $2 AND deleted_at IS NULL
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+ORDER BY created_at DESC, id DESC
+LIMIT $5
+"""
+
+# $1 id, $2 tenant_id, $3 environment, $4 url, $5 description, $6 event_types, $7 enabled,
+# $8 metadata, $9 standard_webhooks, $10 updated_at. NULL keeps the column as it is, except
+# description, which $11 (true) clears.
+UPDATE_ENDPOINT = f"""
+UPDATE endpoints SET
+    url = COALESCE($4, url),
+    description = CASE WHEN $11 THEN NULL ELSE COALESCE($5, description) END,
+    event_types = COALESCE($6, event_types),
+    enabled = COALESCE($7, enabled),
+    disabled_reason = CASE WHEN $7 IS NULL THEN disabled_reason
+                           WHEN $7 THEN NULL ELSE 'disabled by tenant' END,
+    consecutive_failures = CASE WHEN $7 THEN 0 ELSE consecutive_failures END,
+    circuit_open_until = CASE WHEN $7 THEN NULL ELSE circuit_open_until END,
+    metadata = COALESCE($8, metadata),
+    standard_webhooks = COALESCE($9, standard_webhooks),
+    updated_at = $10
+WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND deleted_at IS NULL
+RETURNING {ENDPOINT_COLUMNS}
+"""
+
+# $1 id, $2 tenant_id, $3 environment, $4 deleted_at
+DELETE_ENDPOINT = """
+UPDATE endpoints SET deleted_at = $4, enabled = false, updated_at = $4
+WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND deleted_at IS NULL
+RETURNING id
+"""
+
+# $1 id, $2 tenant_id, $3 environment -> the list sort key of a page cursor; deleted
+# endpoints included, so a page walk survives a delete of the previous page's last item
+GET_ENDPOINT_CURSOR = """
+SELECT created_at, id FROM endpoints WHERE id = $1 AND tenant_id = $2 AND environment = $3
+"""
+
+# $1 endpoint_id, $2 completed_at -> cancels what has not been sent yet
+CANCEL_PENDING_DELIVERIES = """
+UPDATE deliveries SET status = 'cancelled', completed_at = $2, next_attempt_at = $2
+WHERE endpoint_id = $1 AND status = 'pending'
+"""
+
+# $1 endpoint_id, $2 reason, $3 updated_at
+DISABLE_ENDPOINT = """
+UPDATE endpoints SET enabled = false, disabled_reason = $2, updated_at = $3
+WHERE id = $1 AND deleted_at IS NULL
+"""
+
+# ---- endpoint secrets ---------------------------------------------------------------------
+
+# $1 endpoint_id, $2 secret, $3 created_at
+INSERT_SECRET = """
+INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)
+"""
+
+# $1 endpoint_id, $2 expires_at -> retires the live secrets (they still sign until then)
+EXPIRE_SECRETS = """
+UPDATE endpoint_secrets SET expires_at = $2
+WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
+"""
+
+# $1 endpoint_ids, $2 now -> active secrets, newest first per endpoint
+ACTIVE_SECRETS = """
+SELECT endpoint_id, secret FROM endpoint_secrets
+WHERE endpoint_id = ANY($1::text[]) AND (expires_at IS NULL OR expires_at > $2)
+ORDER BY endpoint_id, created_at DESC, id DESC
+"""
+
+# ---- idempotency --------------------------------------------------------------------------
+
+# $1 scope, $2 key
+GET_IDEMPOTENT_RESPONSE = """
+SELECT request_hash, response_status, response_body FROM idempotency_keys
+WHERE scope = $1 AND key = $2
+"""
+
+# $1 scope, $2 key, $3 request_hash, $4 response_status, $5 response_body, $6 created_at
+SAVE_IDEMPOTENT_RESPONSE = """
+INSERT INTO idempotency_keys (scope, key, request_hash, response_status, response_body, created_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (scope, key) DO NOTHING
+"""
+
+# $1 scope, $2 key -> waits until a concurrent request with the same key has committed
+LOCK_IDEMPOTENCY_KEY = "SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))"
+
+# $1 older_than
+PURGE_IDEMPOTENCY_KEYS = "DELETE FROM idempotency_keys WHERE created_at < $1"
+
+# ---- mailings and events (ingest) ---------------------------------------------------------
+
+# $1 lock keys (bigint[]) -> serializes writers of the same mailings; sorted to avoid deadlocks
+LOCK_MAILINGS = """
+SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT unnest($1::bigint[]) AS k ORDER BY 1) s
+"""
+
+# $1 tenant_ids, $2 environments, $3 mailing_ids (parallel arrays) -> their current status
+CURRENT_MAILINGS = """
+SELECT m.tenant_id, m.environment, m.mailing_id, m.status, m.mail_type, m.last_event_id,
+       e.event_type AS last_event_type
+FROM mailings m
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (tenant_id, environment, mailing_id)
+  ON m.tenant_id = k.tenant_id AND m.environment = k.environment AND m.mailing_id = k.mailing_id
+JOIN events e ON e.id = m.last_event_id
+"""
+
+# $1 ids, $2 tenant_ids, $3 environments, $4 event_types, $5 mailing_ids, $6 occurred_ats,
+# $7 created_at, $8 bodies (parallel arrays except $7)
+INSERT_EVENTS = """
+INSERT INTO events (id, tenant_id, environment, event_type, mailing_id, occurred_at, created_at, body)
+SELECT id, tenant_id, environment, event_type, mailing_id, occurred_at, $7, body
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+            $8::bytea[])
+     AS t (id, tenant_id, environment, event_type, mailing_id, occurred_at, body)
+"""
+
+# $1 tenant_ids, $2 environments, $3 mailing_ids, $4 statuses, $5 mail_types, $6 event_ids,
+# $7 updated_at. One row per mailing (the caller keeps only each mailing's last transition).
+UPSERT_MAILINGS = """
+INSERT INTO mailings (tenant_id, environment, mailing_id, status, mail_type, last_event_id, updated_at)
+SELECT tenant_id, environment, mailing_id, status, mail_type, event_id, $7
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+     AS t (tenant_id, environment, mailing_id, status, mail_type, event_id)
+ON CONFLICT (tenant_id, environment, mailing_id) DO UPDATE SET
+    status = EXCLUDED.status, mail_type = EXCLUDED.mail_type,
+    last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+"""
+
+# $1 event_ids, $2 tenant_ids, $3 environments, $4 event_types, $5 now -> one delivery per
+# matching live endpoint; an endpoint whose circuit is open starts when it closes.
+FAN_OUT = """
+INSERT INTO deliveries (event_id, endpoint_id, next_attempt_at, created_at)
+SELECT ev.event_id, ep.id, GREATEST($5, COALESCE(ep.circuit_open_until, $5)), $5
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+     AS ev (event_id, tenant_id, environment, event_type)
+JOIN endpoints ep
+  ON ep.tenant_id = ev.tenant_id AND ep.environment = ev.environment
+ AND ep.enabled AND ep.deleted_at IS NULL
+ AND ep.event_types && ARRAY['*', split_part(ev.event_type, '.', 1) || '.*', ev.event_type]
+"""
+
+# wakes every listening worker; sent inside the ingest transaction, so it fires on commit
+NOTIFY_DELIVERIES = "SELECT pg_notify('dispatcher_deliveries', '')"
+
+# ---- the delivery queue -------------------------------------------------------------------
+
+# $1 now, $2 scan window, $3 batch size, $4 per-endpoint cap, $5 breaker threshold,
+# $6 lease expiry. Takes due deliveries oldest first, at most `cap` in flight per endpoint
+# across all workers (the endpoint rows are locked in id order, so the count is exact), skips
+# endpoints whose circuit is open, and returns everything a worker needs to send them.
+CLAIM_DELIVERIES = """
+WITH busy AS (
+    SELECT id FROM endpoints
+    WHERE (in_flight > 0 AND in_flight >= CASE WHEN consecutive_failures >= $5 THEN 1 ELSE $4 END)
+       OR circuit_open_until > $1
+),
+due AS (
+    SELECT d.id, d.endpoint_id, d.next_attempt_at
+    FROM deliveries d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= $1
+      AND d.endpoint_id <> ALL (ARRAY(SELECT id FROM busy))
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+room AS (
+    SELECT e.id,
+           CASE WHEN e.consecutive_failures >= $5 THEN 1 ELSE $4 END - e.in_flight AS free
+    FROM endpoints e
+    WHERE e.id IN (SELECT endpoint_id FROM due)
+      AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1)
+    ORDER BY e.id
+    FOR UPDATE
+),
+picked AS (
+    SELECT r.id, r.endpoint_id
+    FROM (SELECT due.*, row_number() OVER (PARTITION BY due.endpoint_id
+                                           ORDER BY due.next_attempt_at, due.id) AS n
+          FROM due) r
+    JOIN room ON room.id = r.endpoint_id
+    WHERE r.n <= room.free
+    ORDER BY r.next_attempt_at, r.id
+    LIMIT $3
+),
+counted AS (
+    UPDATE endpoints e SET in_flight = e.in_flight + p.n
+    FROM (SELECT endpoint_id, count(*) AS n FROM picked GROUP BY endpoint_id) p
+    WHERE e.id = p.endpoint_id
+),
+claimed AS (
+    UPDATE deliveries d
+    SET status = 'in_flight', attempts = d.attempts + 1, lease_expires_at = $6
+    FROM picked
+    WHERE d.id = picked.id
+    RETURNING d.id, d.event_id, d.endpoint_id, d.attempts
+)
+SELECT c.id, c.event_id, c.endpoint_id, c.attempts, ev.event_type, ev.created_at AS event_created_at,
+       ev.body, ep.url, ep.standard_webhooks,
+       ARRAY(SELECT s.secret FROM endpoint_secrets s
+             WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)
+             ORDER BY s.created_at DESC, s.id DESC) AS secrets
+FROM claimed c
+JOIN events ev ON ev.id = c.event_id
+JOIN endpoints ep ON ep.id = c.endpoint_id
+"""
+
+# $1 delivery_ids, $2 attempts, $3 started_ats, $4 durations_ms, $5 outcomes, $6 status_codes,
+# $7 errors, $8 response bodies (parallel arrays)
+INSERT_ATTEMPTS = """
+INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status_code, error,
+                      response_body)
+SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::float8[], $5::text[],
+                     $6::int[], $7::text[], $8::text[])
+"""
+
+# $1 delivery_ids, $2 attempts (fencing: a reclaimed lease has a newer attempt number),
+# $3 new statuses, $4 next_attempt_ats, $5 completed_ats, $6 status_codes, $7 outcomes
+# -> the rows that really left in_flight, so the endpoint counters stay exact
+COMPLETE_DELIVERIES = """
+UPDATE deliveries d
+SET status = u.status, next_attempt_at = u.next_at, completed_at = u.completed_at,
+    lease_expires_at = NULL, last_status_code = u.code, last_outcome = u.outcome
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+            $6::int[], $7::text[]) AS u (id, attempt, status, next_at, completed_at, code, outcome)
+WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt
+RETURNING d.id, d.endpoint_id
+"""
+
+# $1 endpoint_ids -> locks them in id order before their counters change
+LOCK_ENDPOINTS = "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+
+# $1 endpoint_ids, $2 released counts, $3 reset (a success came last), $4 failures after the
+# last success, $5 now, $6 breaker threshold, $7 base open seconds, $8 max open seconds
+# -> endpoints whose circuit is now open, with until when
+SETTLE_ENDPOINTS = """
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::bool[], $4::int[])
+             AS u (id, released, reset, fails)
+),
+next AS (
+    SELECT e.id, u.released,
+           CASE WHEN u.reset THEN u.fails ELSE e.consecutive_failures + u.fails END AS failures
+    FROM endpoints e JOIN u ON u.id = e.id
+)
+UPDATE endpoints e
+SET in_flight = GREATEST(e.in_flight - next.released, 0),
+    consecutive_failures = next.failures,
+    circuit_open_until = CASE
+        WHEN next.failures >= $6 THEN $5 + make_interval(secs => LEAST(
+            $7 * power(2, LEAST(next.failures - $6, 20)), $8))
+        ELSE NULL END
+FROM next
+WHERE e.id = next.id
+RETURNING e.id, e.circuit_open_until
+"""
+
+# $1 endpoint_ids, $2 open_untils -> postpones their due deliveries while the circuit is open
+POSTPONE_DELIVERIES = """
+UPDATE deliveries d SET next_attempt_at = o.until
+FROM unnest($1::text[], $2::timestamptz[]) AS o (endpoint_id, until)
+WHERE d.endpoint_id = o.endpoint_id AND d.status = 'pending' AND d.next_attempt_at < o.until
+"""
+
+# $1 delivery_ids, $2 attempts -> hands unsent work back (shutdown); the attempt did not happen
+RELEASE_DELIVERIES = """
+UPDATE deliveries d
+SET status = 'pending', lease_expires_at = NULL, attempts = d.attempts - 1
+FROM unnest($1::bigint[], $2::int[]) AS u (id, attempt)
+WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt
+RETURNING d.id, d.endpoint_id
+"""
+
+# $1 now, $2 limit -> leases of crashed workers back to pending, and their endpoints' counters
+RECLAIM_EXPIRED = """
+WITH expired AS (
+    UPDATE deliveries d SET status = 'pending', lease_expires_at = NULL, next_attempt_at = $1
+    WHERE d.id = ANY (ARRAY(
+        SELECT id FROM deliveries
+        WHERE status = 'in_flight' AND lease_expires_at < $1
+        ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+    RETURNING d.endpoint_id
+)
+SELECT endpoint_id, count(*)::int AS n FROM expired GROUP BY endpoint_id ORDER BY endpoint_id
+"""
+
+# $1 endpoint_ids, $2 counts
+RELEASE_ENDPOINT_SLOTS = """
+UPDATE endpoints e SET in_flight = GREATEST(e.in_flight - u.n, 0)
+FROM unnest($1::text[], $2::int[]) AS u (id, n)
+WHERE e.id = u.id
+"""
+
+# -> when the next pending delivery falls due (NULL when the queue is empty)
+NEXT_DUE = "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+
+# ---- gauges -------------------------------------------------------------------------------
+
+# -> pending count (capped, so a huge backlog costs a bounded index scan) and the oldest one
+BACKLOG_GAUGES = """
+SELECT (SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE status IN ('pending', 'in_flight')
+                              LIMIT 1000000) s) AS pending,
+       (SELECT min(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight')) AS oldest
+"""
+
+# $1 now -> endpoints by state
+ENDPOINT_STATE_COUNTS = """
+SELECT CASE WHEN NOT enabled THEN 'disabled'
+            WHEN circuit_open_until > $1 THEN 'circuit_open'
+            ELSE 'enabled' END AS state,
+       count(*)::int AS n
+FROM endpoints WHERE deleted_at IS NULL GROUP BY 1
+"""

@@ -1,0 +1,37 @@
+"""Prometheus metrics of SPEC section 6; no tenant or endpoint ids as labels (cardinality)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from dispatcher.policy import Outcome
+
+EVENTS_INGESTED = Counter(
+    "webhook_events_ingested", "Events accepted from the platform (API or outbox)"
+)
+DELIVERY_ATTEMPTS = Counter(
+    "webhook_delivery_attempts", "Delivery attempts by outcome", ["outcome"]
+)
+ATTEMPT_DURATION = Histogram(
+    "webhook_delivery_attempt_duration_seconds",
+    "Time from sending a delivery to its answer (or failure)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EVENT_LATENCY = Histogram(
+    "webhook_event_delivery_latency_seconds",
+    "Time from an event's acceptance to its first 2xx at an endpoint",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300, 3600, 86400),
+)
+DELIVERIES_PENDING = Gauge(
+    "webhook_deliveries_pending", "Deliveries waiting to be sent or in flight"
+)
+OLDEST_PENDING_AGE = Gauge(
+    "webhook_oldest_pending_age_seconds", "Age of the oldest delivery not yet settled"
+)
+DEAD_LETTERS = Counter("webhook_dead_letters", "Deliveries that exhausted their retries")
+ENDPOINTS = Gauge("webhook_endpoints", "Endpoints by state", ["state"])
+
+for _outcome in Outcome:
+    DELIVERY_ATTEMPTS.labels(outcome=_outcome.value)
+for _state in ("enabled", "disabled", "circuit_open"):
+    ENDPOINTS.labels(state=_state)

@@ -1,0 +1,100 @@
+"""Typed domain objects; asyncpg rows become models only here (`from_row`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from dispatcher.ids import ApiKeyId, EndpointId, TenantId
+
+
+class Environment(StrEnum):
+    SANDBOX = "sandbox"
+    PRODUCTION = "production"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: TenantId
+    name: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> Tenant:
+        return cls(TenantId(row["id"]), row["name"], row["created_at"])
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """A key as listed: never the key itself, only its recognisable prefix."""
+
+    id: ApiKeyId
+    tenant_id: TenantId
+    environment: Environment
+    key_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApiKeyInfo:
+        return cls(
+            ApiKeyId(row["id"]),
+            TenantId(row["tenant_id"]),
+            Environment(row["environment"]),
+            row["key_prefix"],
+            row["created_at"],
+            row["revoked_at"],
+        )
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling the tenant API: one tenant in one environment."""
+
+    tenant_id: TenantId
+    environment: Environment
+    key_id: ApiKeyId
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: EndpointId
+    tenant_id: TenantId
+    environment: Environment
+    url: str
+    description: str | None
+    event_types: list[str]
+    enabled: bool
+    disabled_reason: str | None
+    metadata: dict[str, Any]
+    standard_webhooks: bool
+    created_at: datetime
+    updated_at: datetime
+    secret: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_row(cls, row: Any) -> Endpoint:
+        return cls(
+            EndpointId(row["id"]),
+            TenantId(row["tenant_id"]),
+            Environment(row["environment"]),
+            row["url"],
+            row["description"],
+            list(row["event_types"]),
+            row["enabled"],
+            row["disabled_reason"],
+            row["metadata"],
+            row["standard_webhooks"],
+            row["created_at"],
+            row["updated_at"],
+        )

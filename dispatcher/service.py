@@ -1,0 +1,117 @@
+"""Runs the roles of one process (API, workers, or both) as one `async with` stack.
+
+The REST app lives in the `api` package, which depends on this one; it is found through the
+`dispatcher.apps` entry point so that the engine never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from dispatcher.db.migrate import ensure_migrated, migrate
+from dispatcher.db.pool import database_url, open_pool
+from dispatcher.errors import ConfigError
+from dispatcher.gauges import refresh_gauges_forever
+from dispatcher.listener import Listener
+from dispatcher.sender import delivery_session
+from dispatcher.settings import Settings
+from dispatcher.worker import Worker, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+AppFactory = Callable[..., web.Application]
+
+
+def load_app_factory() -> AppFactory:
+    found = entry_points(group="dispatcher.apps", name="api")
+    for ep in found:
+        factory: AppFactory = ep.load()
+        return factory
+    raise ConfigError("the REST API package is not installed (entry point dispatcher.apps:api)")
+
+
+async def prepare_database(conn: asyncpg.Connection, migrate_first: bool) -> None:
+    if migrate_first:
+        applied = await migrate(conn)
+        if applied:
+            log.info(f"applied migrations: {', '.join(applied)}")
+    await ensure_migrated(conn)
+
+
+@contextlib.asynccontextmanager
+async def api_role(
+    settings: Settings, pool: asyncpg.Pool, services: dict[str, Any]
+) -> AsyncIterator[web.AppRunner]:
+    app = load_app_factory()(settings, pool, services=services)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        await site.start()
+        log.info(f"API listening on http://{settings.host}:{settings.port}")
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Any, name: str) -> AsyncIterator[asyncio.Task[Any]]:
+    """A task that lives exactly as long as the block: never left dangling."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with database_url(settings) as url:
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await stack.enter_async_context(open_pool(url, settings))
+            async with pool.acquire() as conn:
+                await prepare_database(conn, migrate_first)
+            session = await stack.enter_async_context(
+                delivery_session(
+                    allow_private=settings.allow_private_targets,
+                    max_connections=settings.worker_concurrency + 16,
+                )
+            )
+            services: dict[str, Any] = {"session": session}
+            worker_task = None
+            if worker:
+                runner = Worker(pool, session, WorkerConfig.from_settings(settings))
+                listener = Listener(url, runner.wake)
+                for coro, name in (
+                    (listener.run(), "listener"),
+                    (refresh_gauges_forever(pool), "gauges"),
+                ):
+                    _ = await stack.enter_async_context(background(coro, name))
+                worker_task = asyncio.create_task(runner.run(), name="worker")
+            if api:
+                await stack.enter_async_context(api_role(settings, pool, services))
+            roles = " and ".join(r for r, on in (("api", api), ("worker", worker)) if on)
+            log.info(f"dispatcher running ({roles}); SIGTERM stops it")
+            if worker_task is not None:
+                stop_wait = asyncio.create_task(stop.wait())
+                await asyncio.wait({worker_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                stop_wait.cancel()
+                runner.stop()
+                await worker_task
+            else:
+                await stop.wait()
+            log.info("dispatcher stopping")

@@ -1,0 +1,71 @@
+"""Settings from `DISPATCHER_*` environment variables, validated once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dispatcher.errors import ConfigError
+
+ENV_PREFIX = "DISPATCHER_"
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("bjet24-dispatcher"))
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; a bad value stops start-up naming its variable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    database_url: SecretStr | None = None
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    platform_token: SecretStr | None = None
+
+    allow_private_targets: bool = False
+    require_https: bool = True
+
+    attempt_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    retry_base_seconds: float = Field(default=30.0, gt=0)
+    retry_multiplier: float = Field(default=4.0, ge=1)
+    retry_max_delay_seconds: float = Field(default=36000.0, gt=0)
+    retry_max_age_seconds: float = Field(default=86400.0, gt=0)
+    retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+
+    worker_concurrency: int = Field(default=64, ge=1, le=10000)
+    endpoint_concurrency: int = Field(default=16, ge=1, le=1000)
+    claim_batch_size: int = Field(default=64, ge=1, le=1000)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_open_seconds: float = Field(default=30.0, gt=0)
+    breaker_max_open_seconds: float = Field(default=1800.0, gt=0)
+
+    signature_header: str = Field(default="X-Bjet24-Signature", pattern=r"^[A-Za-z0-9-]+$")
+    secret_overlap_seconds: int = Field(default=86400, ge=0)
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    db_pool_min_size: int = Field(default=2, ge=1)
+    db_pool_max_size: int = Field(default=10, ge=1)
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning pydantic's report into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

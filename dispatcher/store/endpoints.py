@@ -1,0 +1,169 @@
+"""Endpoints (webhook subscriptions) and their signing secrets."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from dispatcher import ids
+from dispatcher.db import queries as q
+from dispatcher.ids import EndpointId
+from dispatcher.models import Endpoint, Principal
+
+
+@dataclass(frozen=True)
+class EndpointChanges:
+    """A partial update: None leaves a field as it is."""
+
+    url: str | None = None
+    description: str | None = None
+    clear_description: bool = False
+    event_types: list[str] | None = None
+    enabled: bool | None = None
+    metadata: dict[str, Any] | None = None
+    standard_webhooks: bool | None = None
+
+
+async def create_endpoint(
+    conn: asyncpg.Connection,
+    owner: Principal,
+    *,
+    url: str,
+    event_types: list[str],
+    secret: str,
+    now: datetime,
+    description: str | None = None,
+    enabled: bool = True,
+    metadata: dict[str, Any] | None = None,
+    standard_webhooks: bool = False,
+) -> Endpoint:
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            q.INSERT_ENDPOINT,
+            ids.endpoint_id(),
+            owner.tenant_id,
+            owner.environment.value,
+            url,
+            description,
+            event_types,
+            enabled,
+            metadata or {},
+            standard_webhooks,
+            now,
+        )
+        await conn.execute(q.INSERT_SECRET, row["id"], secret, now)
+    endpoint = Endpoint.from_row(row)
+    return Endpoint(**{**endpoint.__dict__, "secret": secret})
+
+
+async def get_endpoint(
+    conn: asyncpg.Connection, owner: Principal, endpoint_id: str
+) -> Endpoint | None:
+    row = await conn.fetchrow(q.GET_ENDPOINT, endpoint_id, owner.tenant_id, owner.environment.value)
+    return Endpoint.from_row(row) if row else None
+
+
+async def list_endpoints(
+    conn: asyncpg.Connection,
+    owner: Principal,
+    *,
+    limit: int,
+    after: tuple[datetime, str] | None = None,
+) -> list[Endpoint]:
+    """Newest first; `after` is the (created_at, id) of the last item of the previous page."""
+    created, last_id = after if after else (None, None)
+    rows = await conn.fetch(
+        q.LIST_ENDPOINTS, owner.tenant_id, owner.environment.value, created, last_id, limit
+    )
+    return [Endpoint.from_row(r) for r in rows]
+
+
+async def endpoint_cursor(
+    conn: asyncpg.Connection, owner: Principal, endpoint_id: str
+) -> tuple[datetime, str] | None:
+    """The (created_at, id) that `list_endpoints(after=...)` takes; deleted ones too."""
+    row = await conn.fetchrow(
+        q.GET_ENDPOINT_CURSOR, endpoint_id, owner.tenant_id, owner.environment.value
+    )
+    return (row["created_at"], row["id"]) if row else None
+
+
+async def update_endpoint(
+    conn: asyncpg.Connection,
+    owner: Principal,
+    endpoint_id: str,
+    changes: EndpointChanges,
+    now: datetime,
+) -> Endpoint | None:
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            q.UPDATE_ENDPOINT,
+            endpoint_id,
+            owner.tenant_id,
+            owner.environment.value,
+            changes.url,
+            changes.description,
+            changes.event_types,
+            changes.enabled,
+            changes.metadata,
+            changes.standard_webhooks,
+            now,
+            changes.clear_description,
+        )
+        if row is not None and changes.enabled is False:
+            await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
+    return Endpoint.from_row(row) if row else None
+
+
+async def delete_endpoint(
+    conn: asyncpg.Connection, owner: Principal, endpoint_id: str, now: datetime
+) -> bool:
+    """Soft delete, so the delivery history of past events stays readable."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            q.DELETE_ENDPOINT, endpoint_id, owner.tenant_id, owner.environment.value, now
+        )
+        if row is None:
+            return False
+        await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
+    return True
+
+
+async def disable_endpoint(
+    conn: asyncpg.Connection, endpoint_id: EndpointId, reason: str, now: datetime
+) -> None:
+    async with conn.transaction():
+        await conn.execute(q.DISABLE_ENDPOINT, endpoint_id, reason, now)
+        await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
+
+
+async def rotate_secret(
+    conn: asyncpg.Connection,
+    owner: Principal,
+    endpoint_id: str,
+    new_secret: str,
+    overlap_seconds: float,
+    now: datetime,
+) -> Endpoint | None:
+    """The old secrets keep signing for the overlap, so receivers can switch without a gap."""
+    async with conn.transaction():
+        endpoint = await get_endpoint(conn, owner, endpoint_id)
+        if endpoint is None:
+            return None
+        await conn.execute(q.EXPIRE_SECRETS, endpoint_id, now + timedelta(seconds=overlap_seconds))
+        await conn.execute(q.INSERT_SECRET, endpoint_id, new_secret, now)
+    return Endpoint(**{**endpoint.__dict__, "secret": new_secret})
+
+
+async def active_secrets(
+    conn: asyncpg.Connection, endpoint_ids: list[str], now: datetime
+) -> dict[str, list[str]]:
+    """Signing secrets per endpoint, newest first: one round trip for a whole batch."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for row in await conn.fetch(q.ACTIVE_SECRETS, endpoint_ids, now):
+        found[row["endpoint_id"]].append(row["secret"])
+    return dict(found)

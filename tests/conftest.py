@@ -1,0 +1,116 @@
+"""One real PostgreSQL per test session, migrated once, emptied before each test that uses it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from api.app import create_app
+from dispatcher.clock import FakeClock
+from dispatcher.db.embedded import embedded_postgres
+from dispatcher.db.migrate import migrate
+from dispatcher.db.pool import create_pool
+from dispatcher.models import Environment
+from dispatcher.settings import Settings
+from dispatcher.store import tenants
+
+PLATFORM_TOKEN = "test-platform-token-0123456789"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    given = os.environ.get("DISPATCHER_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="dispatcher-test-") as tmp,
+        embedded_postgres(Path(tmp)) as url,
+    ):
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def migrated_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await create_pool(database_url, min_size=2, max_size=20)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def pool(migrated_pool: asyncpg.Pool) -> asyncpg.Pool:
+    """A clean database: TRUNCATE, not rollback, because NOTIFY and SKIP LOCKED need commits."""
+    async with migrated_pool.acquire() as conn:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " AND tablename <> 'schema_migrations'"
+        )
+        names = ", ".join(f'"{r["tablename"]}"' for r in tables)
+        await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    return migrated_pool
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "platform_token": PLATFORM_TOKEN,
+        "allow_private_targets": False,
+        "require_https": True,
+        "log_format": "text",
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def client(
+    pool: asyncpg.Pool, settings: Settings, clock: FakeClock
+) -> AsyncIterator[TestClient[Any, Any]]:
+    app = create_app(settings, pool, clock=clock)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+@dataclass
+class TenantKeys:
+    tenant_id: str
+    sandbox: str
+    production: str
+
+    def headers(self, environment: str = "sandbox") -> dict[str, str]:
+        key = self.sandbox if environment == "sandbox" else self.production
+        return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def make_tenant(pool: asyncpg.Pool, clock: FakeClock) -> Any:
+    async def factory(name: str = "ACME") -> TenantKeys:
+        async with pool.acquire() as conn:
+            tenant, keys = await tenants.create_tenant(conn, name, clock.now())
+        return TenantKeys(
+            tenant.id, keys[Environment.SANDBOX].key, keys[Environment.PRODUCTION].key
+        )
+
+    return factory
