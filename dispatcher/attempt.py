@@ -1,0 +1,162 @@
+"""One delivery attempt: a signed POST and its classified outcome. No database here."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+import aiohttp
+from yarl import URL
+
+from dispatcher.netguard import BlockedAddress, is_blocked_ip, parse_ip_literal
+from dispatcher.policy import Outcome, classify_status
+from dispatcher.signing import build_signature_headers
+
+RESPONSE_EXCERPT_BYTES = 1024
+_DRAIN_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: Outcome
+    status_code: int | None
+    duration_ms: float
+    error: str | None
+    response_body: str | None
+    retry_after: str | None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL split into where to connect and the Basic credentials it carried."""
+
+    url: URL
+    auth: aiohttp.BasicAuth | None
+    host: str
+
+
+@lru_cache(maxsize=4096)
+def parse_target(url: str) -> Target:
+    parsed = URL(url, encoded=True)
+    auth = None
+    if parsed.user is not None:
+        auth = aiohttp.BasicAuth(parsed.user, parsed.password or "")
+        parsed = parsed.with_user(None).with_password(None)
+    return Target(parsed, auth, parsed.host or "")
+
+
+def delivery_headers(
+    *,
+    event_id: str,
+    event_type: str,
+    attempt: int,
+    body: bytes,
+    secrets: list[str],
+    timestamp: int,
+    signature_header: str,
+    standard_webhooks: bool,
+) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "X-Event-Id": event_id,
+        "X-Event-Type": event_type,
+        "X-Delivery-Attempt": str(attempt),
+    }
+    headers.update(
+        build_signature_headers(
+            secrets=secrets,
+            timestamp=timestamp,
+            body=body,
+            event_id=event_id,
+            header_name=signature_header,
+            standard_webhooks=standard_webhooks,
+        )
+    )
+    return headers
+
+
+def _classify_error(exc: BaseException) -> Outcome:
+    if isinstance(exc, BlockedAddress):
+        return Outcome.BLOCKED_ADDRESS
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return Outcome.TIMEOUT
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return Outcome.TLS_ERROR
+    cause = exc.__cause__
+    if isinstance(cause, BlockedAddress):
+        return Outcome.BLOCKED_ADDRESS
+    return Outcome.CONNECTION_ERROR
+
+
+def _error_text(exc: BaseException) -> str:
+    """The class and a short reason; never the URL, which may hold credentials."""
+    if isinstance(exc, BlockedAddress):
+        return f"BlockedAddress: {exc}"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "Timeout: no complete answer within the attempt timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{type(exc).__name__}: cannot connect ({exc.os_error.__class__.__name__})"
+    return type(exc).__name__
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    *,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout_seconds: float,
+    allow_private: bool,
+) -> AttemptResult:
+    """POST once; never follows redirects; reads at most 1 KiB of what the receiver says."""
+    target = parse_target(url)
+    start = time.perf_counter()
+    literal = parse_ip_literal(target.host)
+    if literal is not None and not allow_private and is_blocked_ip(literal):
+        return AttemptResult(
+            Outcome.BLOCKED_ADDRESS, None, 0.0, f"BlockedAddress: {literal}", None, None
+        )
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            async with session.post(
+                target.url,
+                data=body,
+                headers=headers,
+                auth=target.auth,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None),
+            ) as response:
+                excerpt = await response.content.read(RESPONSE_EXCERPT_BYTES)
+                if not response.content.at_eof():
+                    await response.content.read(_DRAIN_LIMIT)
+                    if not response.content.at_eof():
+                        response.close()
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+    except Exception as exc:
+        return AttemptResult(
+            _classify_error(exc),
+            None,
+            (time.perf_counter() - start) * 1000,
+            _error_text(exc),
+            None,
+            None,
+        )
+    duration = (time.perf_counter() - start) * 1000
+    outcome = classify_status(status)
+    return AttemptResult(
+        outcome,
+        status,
+        duration,
+        None if outcome == Outcome.SUCCESS else f"HTTP {status}",
+        excerpt.decode("utf-8", "replace") if excerpt else None,
+        retry_after,
+    )
+
+
+def unix_seconds(moment: datetime) -> int:
+    return int(moment.timestamp())

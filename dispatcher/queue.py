@@ -1,0 +1,213 @@
+"""The durable delivery queue: claim with a lease, settle in batches, hand back, reclaim.
+
+Every statement takes `now` as a parameter (never SQL's now()), so tests drive the queue with
+a fake clock against the real database.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from dispatcher.db import queries as q
+from dispatcher.ids import DeliveryId, EndpointId, EventId
+from dispatcher.models import DeliveryStatus
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    batch_size: int = 64
+    scan_factor: int = 4
+    endpoint_concurrency: int = 16
+    breaker_threshold: int = 5
+    breaker_open_seconds: float = 30.0
+    breaker_max_open_seconds: float = 1800.0
+    lease_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed delivery with everything needed to send it, and no further query."""
+
+    delivery_id: DeliveryId
+    event_id: EventId
+    endpoint_id: EndpointId
+    attempt: int
+    event_type: str
+    event_created_at: datetime
+    body: bytes
+    url: str
+    standard_webhooks: bool
+    secrets: list[str]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The recorded attempt and what the policy decided comes next."""
+
+    job: Job
+    started_at: datetime
+    duration_ms: float
+    outcome: str
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+    status: DeliveryStatus
+    next_attempt_at: datetime
+    succeeded: bool
+    disable_endpoint: bool = False
+
+
+async def claim(
+    conn: asyncpg.Connection, now: datetime, limit: int, limits: QueueLimits
+) -> list[Job]:
+    rows = await conn.fetch(
+        q.CLAIM_DELIVERIES,
+        now,
+        max(limit * limits.scan_factor, limit),
+        limit,
+        limits.endpoint_concurrency,
+        limits.breaker_threshold,
+        now + timedelta(seconds=limits.lease_seconds),
+    )
+    return [
+        Job(
+            DeliveryId(r["id"]),
+            EventId(r["event_id"]),
+            EndpointId(r["endpoint_id"]),
+            r["attempts"],
+            r["event_type"],
+            r["event_created_at"],
+            bytes(r["body"]),
+            r["url"],
+            r["standard_webhooks"],
+            list(r["secrets"]),
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class SettleReport:
+    settled: int
+    opened_circuits: dict[str, datetime]
+
+
+def _endpoint_tallies(
+    settled: list[Settlement], released: set[int]
+) -> tuple[list[str], list[int], list[bool], list[int]]:
+    """Per endpoint: slots to free, and the failure streak as of its last attempt in the batch."""
+    slots: dict[str, int] = defaultdict(int)
+    reset: dict[str, bool] = defaultdict(bool)
+    fails: dict[str, int] = defaultdict(int)
+    for s in sorted(settled, key=lambda s: s.started_at):
+        ep = s.job.endpoint_id
+        if s.job.delivery_id in released:
+            slots[ep] += 1
+        if s.succeeded:
+            reset[ep], fails[ep] = True, 0
+        else:
+            fails[ep] += 1
+    endpoints = sorted(set(slots) | set(fails) | set(reset))
+    return (
+        endpoints,
+        [slots[e] for e in endpoints],
+        [reset[e] for e in endpoints],
+        [fails[e] for e in endpoints],
+    )
+
+
+async def settle(
+    conn: asyncpg.Connection, settled: list[Settlement], now: datetime, limits: QueueLimits
+) -> SettleReport:
+    """Record attempts and outcomes in a handful of statements, whatever the batch size."""
+    if not settled:
+        return SettleReport(0, {})
+    async with conn.transaction():
+        await conn.execute(
+            q.INSERT_ATTEMPTS,
+            [s.job.delivery_id for s in settled],
+            [s.job.attempt for s in settled],
+            [s.started_at for s in settled],
+            [s.duration_ms for s in settled],
+            [s.outcome for s in settled],
+            [s.status_code for s in settled],
+            [s.error for s in settled],
+            [s.response_body for s in settled],
+        )
+        rows = await conn.fetch(
+            q.COMPLETE_DELIVERIES,
+            [s.job.delivery_id for s in settled],
+            [s.job.attempt for s in settled],
+            [s.status.value for s in settled],
+            [s.next_attempt_at for s in settled],
+            [now if s.status != DeliveryStatus.PENDING else None for s in settled],
+            [s.status_code for s in settled],
+            [s.outcome for s in settled],
+        )
+        released = {r["id"] for r in rows}
+        endpoints, slots, reset, fails = _endpoint_tallies(settled, released)
+        await conn.execute(q.LOCK_ENDPOINTS, endpoints)
+        opened = await conn.fetch(
+            q.SETTLE_ENDPOINTS,
+            endpoints,
+            slots,
+            reset,
+            fails,
+            now,
+            limits.breaker_threshold,
+            limits.breaker_open_seconds,
+            limits.breaker_max_open_seconds,
+        )
+        circuits = {r["id"]: r["circuit_open_until"] for r in opened if r["circuit_open_until"]}
+        if circuits:
+            await conn.execute(q.POSTPONE_DELIVERIES, list(circuits), list(circuits.values()))
+        for s in settled:
+            if s.disable_endpoint and s.job.delivery_id in released:
+                await conn.execute(
+                    q.DISABLE_ENDPOINT, s.job.endpoint_id, "endpoint answered 410 Gone", now
+                )
+                await conn.execute(q.CANCEL_PENDING_DELIVERIES, s.job.endpoint_id, now)
+    return SettleReport(len(released), circuits)
+
+
+async def release(conn: asyncpg.Connection, jobs: list[Job]) -> int:
+    """Hand back claimed work that was never sent (shutdown), freeing the endpoint slots."""
+    if not jobs:
+        return 0
+    async with conn.transaction():
+        rows = await conn.fetch(
+            q.RELEASE_DELIVERIES, [j.delivery_id for j in jobs], [j.attempt for j in jobs]
+        )
+        counts: dict[str, int] = defaultdict(int)
+        for r in rows:
+            counts[r["endpoint_id"]] += 1
+        await _free_slots(conn, counts)
+    if rows:
+        await conn.execute(q.NOTIFY_DELIVERIES)
+    return len(rows)
+
+
+async def reclaim_expired(conn: asyncpg.Connection, now: datetime, limit: int = 1000) -> int:
+    """Leases of workers that died go back to the queue; their endpoints' slots are freed."""
+    async with conn.transaction():
+        rows = await conn.fetch(q.RECLAIM_EXPIRED, now, limit)
+        counts = {r["endpoint_id"]: r["n"] for r in rows}
+        await _free_slots(conn, counts)
+    return sum(counts.values())
+
+
+async def _free_slots(conn: asyncpg.Connection, counts: dict[str, int]) -> None:
+    if not counts:
+        return
+    endpoints = sorted(counts)
+    await conn.execute(q.LOCK_ENDPOINTS, endpoints)
+    await conn.execute(q.RELEASE_ENDPOINT_SLOTS, endpoints, [counts[e] for e in endpoints])
+
+
+async def next_due(conn: asyncpg.Connection) -> datetime | None:
+    value: datetime | None = await conn.fetchval(q.NEXT_DUE)
+    return value

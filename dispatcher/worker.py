@@ -1,0 +1,310 @@
+"""The delivery loop: claim due work, send it concurrently, settle results in batches.
+
+Idle waits end on whichever comes first: a NOTIFY (new events), a freed slot or settled
+batch, the next scheduled retry, or the fallback poll timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import aiohttp
+import asyncpg
+
+from dispatcher import metrics
+from dispatcher.attempt import AttemptResult, delivery_headers, send, unix_seconds
+from dispatcher.clock import Clock, SystemClock
+from dispatcher.models import DeliveryStatus
+from dispatcher.policy import Dead, Disable, Done, Outcome, Retry, RetryPolicy
+from dispatcher.queue import Job, QueueLimits, Settlement, claim, reclaim_expired, release, settle
+from dispatcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@dataclass
+class WorkerConfig:
+    concurrency: int = 64
+    batch_size: int = 64
+    attempt_timeout_seconds: float = 5.0
+    poll_interval_seconds: float = 5.0
+    flush_interval_seconds: float = 0.005
+    shutdown_grace_seconds: float = 10.0
+    reclaim_interval_seconds: float = 5.0
+    allow_private_targets: bool = False
+    signature_header: str = "X-Bjet24-Signature"
+    limits: QueueLimits = field(default_factory=QueueLimits)
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> WorkerConfig:
+        return cls(
+            concurrency=s.worker_concurrency,
+            batch_size=s.claim_batch_size,
+            attempt_timeout_seconds=s.attempt_timeout_seconds,
+            poll_interval_seconds=s.poll_interval_seconds,
+            shutdown_grace_seconds=s.shutdown_grace_seconds,
+            reclaim_interval_seconds=min(5.0, s.lease_seconds / 4),
+            allow_private_targets=s.allow_private_targets,
+            signature_header=s.signature_header,
+            limits=QueueLimits(
+                batch_size=s.claim_batch_size,
+                endpoint_concurrency=s.endpoint_concurrency,
+                breaker_threshold=s.breaker_threshold,
+                breaker_open_seconds=s.breaker_open_seconds,
+                breaker_max_open_seconds=s.breaker_max_open_seconds,
+                lease_seconds=s.lease_seconds,
+            ),
+            policy=RetryPolicy(
+                base_seconds=s.retry_base_seconds,
+                multiplier=s.retry_multiplier,
+                max_delay_seconds=max(s.retry_max_delay_seconds, s.retry_base_seconds),
+                max_age_seconds=s.retry_max_age_seconds,
+                jitter=s.retry_jitter,
+            ),
+        )
+
+
+class Worker:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        session: aiohttp.ClientSession,
+        config: WorkerConfig,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = pool
+        self._session = session
+        self._config = config
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: dict[asyncio.Task[None], Job] = {}
+        self._buffer: list[Settlement] = []
+        self._buffer_ready = asyncio.Event()
+        self._closing = False
+        self.settled_total = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    # ---- one attempt ----------------------------------------------------------------------
+
+    async def _attempt(self, job: Job) -> Settlement:
+        started = self._clock.now()
+        headers = delivery_headers(
+            event_id=job.event_id,
+            event_type=job.event_type,
+            attempt=job.attempt,
+            body=job.body,
+            secrets=job.secrets,
+            timestamp=unix_seconds(started),
+            signature_header=self._config.signature_header,
+            standard_webhooks=job.standard_webhooks,
+        )
+        result = await send(
+            self._session,
+            url=job.url,
+            body=job.body,
+            headers=headers,
+            timeout_seconds=self._config.attempt_timeout_seconds,
+            allow_private=self._config.allow_private_targets,
+        )
+        return self._decide(job, started, result)
+
+    def _decide(self, job: Job, started: datetime, result: AttemptResult) -> Settlement:
+        now = self._clock.now()
+        decision = self._config.policy.decide(
+            outcome=result.outcome,
+            status_code=result.status_code,
+            attempt=job.attempt,
+            event_created_at=job.event_created_at,
+            now=now,
+            retry_after=result.retry_after,
+            rng=self._rng,
+        )
+        status, next_at, disable = DeliveryStatus.DEAD, now, False
+        if isinstance(decision, Done):
+            status = DeliveryStatus.SUCCEEDED
+        elif isinstance(decision, Retry):
+            status, next_at = DeliveryStatus.PENDING, decision.at
+        elif isinstance(decision, Disable):
+            status, disable = DeliveryStatus.CANCELLED, True
+        self._observe(job, result, decision, now)
+        return Settlement(
+            job=job,
+            started_at=started,
+            duration_ms=result.duration_ms,
+            outcome=result.outcome.value,
+            status_code=result.status_code,
+            error=result.error,
+            response_body=result.response_body,
+            status=status,
+            next_attempt_at=next_at,
+            succeeded=result.outcome == Outcome.SUCCESS,
+            disable_endpoint=disable,
+        )
+
+    def _observe(self, job: Job, result: AttemptResult, decision: object, now: datetime) -> None:
+        metrics.DELIVERY_ATTEMPTS.labels(outcome=result.outcome.value).inc()
+        metrics.ATTEMPT_DURATION.observe(result.duration_ms / 1000)
+        if isinstance(decision, Done):
+            metrics.EVENT_LATENCY.observe(max((now - job.event_created_at).total_seconds(), 0))
+        elif isinstance(decision, Dead):
+            metrics.DEAD_LETTERS.inc()
+        log.info(
+            "delivery attempt",
+            extra={
+                "event_id": job.event_id,
+                "delivery_id": f"dlv_{job.delivery_id}",
+                "endpoint_id": job.endpoint_id,
+                "attempt": job.attempt,
+                "outcome": result.outcome.value,
+                "status_code": result.status_code,
+                "duration_ms": round(result.duration_ms, 2),
+            },
+        )
+
+    # ---- test mode ------------------------------------------------------------------------
+
+    async def drain(self, max_rounds: int = 1000) -> int:
+        """Send everything due now, settle it, repeat until nothing is due; for tests and tools."""
+        total = 0
+        for _ in range(max_rounds):
+            now = self._clock.now()
+            async with self._pool.acquire() as conn:
+                await reclaim_expired(conn, now)
+                jobs = await claim(conn, now, self._config.concurrency, self._config.limits)
+            if not jobs:
+                break
+            settled = await asyncio.gather(*(self._attempt(j) for j in jobs))
+            async with self._pool.acquire() as conn:
+                report = await settle(conn, list(settled), self._clock.now(), self._config.limits)
+            total += report.settled
+        self.settled_total += total
+        return total
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until stop(): claim and send; then finish or hand back in-flight work."""
+        flusher = asyncio.create_task(self._flush_loop(), name="worker-flush")
+        try:
+            await self._claim_loop()
+        finally:
+            await self._shutdown()
+            self._closing = True
+            self._buffer_ready.set()
+            await flusher
+
+    async def _claim_loop(self) -> None:
+        last_reclaim = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            timeout = self._config.poll_interval_seconds
+            if loop.time() - last_reclaim >= self._config.reclaim_interval_seconds:
+                last_reclaim = loop.time()
+                await self._reclaim()
+            free = self._config.concurrency - len(self._tasks)
+            want = min(free, self._config.batch_size)
+            if want > 0:
+                self._wake.clear()
+                jobs = await self._claim(want)
+                for job in jobs:
+                    task = asyncio.create_task(self._run_job(job))
+                    self._tasks[task] = job
+                if len(jobs) == want:
+                    await asyncio.sleep(0)
+                    continue
+                if jobs:
+                    timeout = min(timeout, 0.05)
+            await self._idle(timeout)
+
+    async def _idle(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
+    async def _claim(self, want: int) -> list[Job]:
+        try:
+            async with self._pool.acquire() as conn:
+                return await claim(conn, self._clock.now(), want, self._config.limits)
+        except _DB_ERRORS as exc:
+            log.warning("claim failed; will retry", extra={"error_class": type(exc).__name__})
+            await asyncio.sleep(0.5)
+            return []
+
+    async def _reclaim(self) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                count = await reclaim_expired(conn, self._clock.now())
+            if count:
+                log.warning(f"reclaimed {count} deliveries from expired leases")
+        except _DB_ERRORS as exc:
+            log.warning("lease reclaim failed", extra={"error_class": type(exc).__name__})
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            settlement = await self._attempt(job)
+        finally:
+            self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._wake.set()
+        self._buffer.append(settlement)
+        self._buffer_ready.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._buffer_ready.clear()
+                await self._buffer_ready.wait()
+                continue
+            if len(self._buffer) < self._config.batch_size and not self._closing:
+                await asyncio.sleep(self._config.flush_interval_seconds)
+            batch, self._buffer = self._buffer, []
+            await self._settle(batch)
+            self._wake.set()
+
+    async def _settle(self, batch: list[Settlement]) -> None:
+        """Retry until the database takes it: an attempt's record is never dropped."""
+        delay = 0.1
+        while batch:
+            try:
+                async with self._pool.acquire() as conn:
+                    report = await settle(conn, batch, self._clock.now(), self._config.limits)
+                self.settled_total += report.settled
+                return
+            except _DB_ERRORS as exc:
+                log.warning("settling failed; retrying", extra={"error_class": type(exc).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _shutdown(self) -> None:
+        """Let in-flight attempts finish within the grace period, hand back the rest."""
+        if self._tasks:
+            _, pending = await asyncio.wait(
+                set(self._tasks), timeout=self._config.shutdown_grace_seconds
+            )
+            unsent = [self._tasks[t] for t in pending if t in self._tasks]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if unsent:
+                with contextlib.suppress(*_DB_ERRORS):
+                    async with self._pool.acquire() as conn:
+                        await release(conn, unsent)
