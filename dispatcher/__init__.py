@@ -1,0 +1,3 @@
+"""Outbound webhook dispatcher engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,193 @@
+"""Request signatures, pure: no clock, no I/O, so known-answer vectors can pin every byte.
+
+Three schemes ride on every delivery (SPEC section 5):
+
+- ``X-Bjet24-Signature: t=<ts>,v1=<hex>[,v1=<hex>...]``: Stripe's scheme, HMAC-SHA256 over
+  ``"<t>." + body`` keyed by the whole secret string, one ``v1`` per active secret.
+- ``X-Signature: sha256=<hex>``: the e-invoice sorted-key scheme.
+- optionally the Standard Webhooks headers ``webhook-id``/``-timestamp``/``-signature``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+DEFAULT_SIGNATURE_HEADER = "X-Bjet24-Signature"
+SORTED_KEY_HEADER = "X-Signature"
+SECRET_PREFIX = "whsec_"
+SECRET_RANDOM_BYTES = 24
+DEFAULT_TOLERANCE_SECONDS = 300
+
+
+def canonical_json(obj: Any) -> bytes:
+    """One byte form per event, so every endpoint and every attempt gets identical bytes.
+
+    Keys sorted at every level, no whitespace, UTF-8 with non-ASCII unescaped. Callers must
+    pre-format datetimes (``...Z``) and keep integers within 64 bits: orjson refuses bigger.
+    """
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def _hmac_sha256(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _require_secrets(secrets: Sequence[str]) -> None:
+    # A str is a Sequence[str]: signing with each character would be a silent disaster.
+    if isinstance(secrets, str) or not secrets:
+        raise ValueError("secrets must be a non-empty sequence of secret strings")
+
+
+def sign_v1(secrets: Sequence[str], timestamp: int, body: bytes) -> str:
+    """Stripe-compatible header value; several ``v1`` let receivers rotate without a gap.
+
+    ``secrets`` are newest first. The key is the whole secret string as UTF-8, prefix
+    included, which is what ``stripe.WebhookSignature`` does with the secret it is given.
+    """
+    _require_secrets(secrets)
+    signed = str(int(timestamp)).encode("ascii") + b"." + body
+    parts = [f"t={int(timestamp)}"]
+    parts.extend("v1=" + _hmac_sha256(secret.encode("utf-8"), signed).hex() for secret in secrets)
+    return ",".join(parts)
+
+
+def sign_sorted_key_sha256(secret: str, event: Mapping[str, Any]) -> str:
+    """The e-invoice scheme: HMAC over ``json.dumps(event, sort_keys=True)``.
+
+    Python's default separators and ASCII escapes are part of the scheme, so stdlib ``json``
+    is used on purpose (orjson cannot produce that form).
+    """
+    text = json.dumps(event, sort_keys=True)
+    return "sha256=" + _hmac_sha256(secret.encode("utf-8"), text.encode("utf-8")).hex()
+
+
+def sign_sha256_body(secret: str, body: bytes) -> str:
+    """``X-Signature`` for a body we send, as a receiver following the e-invoice docs checks it.
+
+    Those receivers parse the body and re-serialize it with ``json.dumps(sort_keys=True)``
+    before the HMAC; they never hash the raw bytes. Our canonical body (compact, non-ASCII
+    unescaped) differs from that form, so signing the raw bytes would fail their check.
+    Hence: parse with the stdlib (exactly as a Python receiver does) and sign the
+    sorted-key re-serialization. Receivers wanting raw-body integrity use the v1 header.
+    """
+    return sign_sorted_key_sha256(secret, json.loads(body))
+
+
+def _standard_webhooks_key(secret: str) -> bytes:
+    """Derive the key exactly as the reference ``standardwebhooks.Webhook(str)`` does.
+
+    Tenants may bring their own secrets, which need not be base64. Where the reference
+    library cannot decode one (it raises, or yields no key), we fall back to the secret's
+    raw UTF-8 bytes; such a receiver then passes ``secret.encode()`` to ``Webhook``.
+    """
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    try:
+        # Same lenient decode as the library: extra "==" tolerates unpadded secrets.
+        key = base64.b64decode(encoded + "==")
+    except (binascii.Error, ValueError):
+        key = b""
+    return key or secret.encode("utf-8")
+
+
+def standard_webhooks_headers(
+    secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """Standard Webhooks headers; ``msg_id`` is the event id so retries share one id."""
+    _require_secrets(secrets)
+    signed = f"{msg_id}.{int(timestamp)}.".encode() + body
+    signatures = " ".join(
+        "v1," + base64.b64encode(_hmac_sha256(_standard_webhooks_key(s), signed)).decode("ascii")
+        for s in secrets
+    )
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(timestamp)),
+        "webhook-signature": signatures,
+    }
+
+
+def build_signature_headers(
+    *,
+    secrets: Sequence[str],
+    timestamp: int,
+    body: bytes,
+    event_id: str,
+    header_name: str = DEFAULT_SIGNATURE_HEADER,
+    standard_webhooks: bool,
+) -> dict[str, str]:
+    """Every signature header of one attempt, so the sender has a single call to make.
+
+    ``X-Signature`` uses only the newest secret: the e-invoice scheme has one value.
+    """
+    _require_secrets(secrets)
+    headers = {
+        header_name: sign_v1(secrets, timestamp, body),
+        SORTED_KEY_HEADER: sign_sha256_body(secrets[0], body),
+    }
+    if standard_webhooks:
+        headers.update(standard_webhooks_headers(secrets, event_id, timestamp, body))
+    return headers
+
+
+def generate_secret(rng_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """``whsec_`` + 32 base64 chars (24 random bytes): valid for every scheme above."""
+    raw = rng_bytes(SECRET_RANDOM_BYTES)
+    if len(raw) != SECRET_RANDOM_BYTES:
+        raise ValueError(f"rng_bytes returned {len(raw)} bytes, wanted {SECRET_RANDOM_BYTES}")
+    return SECRET_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def _parse_v1_header(header: str) -> tuple[int, list[str]] | None:
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                return None
+        elif key == "v1":
+            signatures.append(value)
+    if timestamp is None or not signatures:
+        return None
+    return timestamp, signatures
+
+
+def verify_v1(
+    header: str,
+    secrets: Sequence[str],
+    body: bytes,
+    now: float,
+    tolerance: int = DEFAULT_TOLERANCE_SECONDS,
+) -> bool:
+    """Check a v1 header the way a careful receiver would (for our tests and tools).
+
+    ``now`` is a parameter to keep this pure; a timestamp more than ``tolerance`` seconds
+    away from it, in either direction, fails (replay protection).
+    """
+    parsed = _parse_v1_header(header)
+    if parsed is None or isinstance(secrets, str):
+        return False
+    timestamp, signatures = parsed
+    if abs(now - timestamp) > tolerance:
+        return False
+    signed = str(timestamp).encode("ascii") + b"." + body
+    expected = [_hmac_sha256(s.encode("utf-8"), signed).hex() for s in secrets]
+    # Compare all pairs without early exit: no timing hint about which secret matched.
+    matched = False
+    for candidate in signatures:
+        for want in expected:
+            matched |= hmac.compare_digest(candidate.encode("ascii", "replace"), want.encode())
+    return matched
