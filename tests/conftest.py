@@ -114,3 +114,13 @@ def make_tenant(pool: asyncpg.Pool, clock: FakeClock) -> Any:
         )
 
     return factory
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Any]:
+    from tests.receiver import Receiver
+
+    found = Receiver()
+    await found.start()
+    yield found
+    await found.stop()

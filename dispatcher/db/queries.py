@@ -318,8 +318,8 @@ UPDATE endpoints e
 SET in_flight = GREATEST(e.in_flight - next.released, 0),
     consecutive_failures = next.failures,
     circuit_open_until = CASE
-        WHEN next.failures >= $6 THEN $5 + make_interval(secs => LEAST(
-            $7 * power(2, LEAST(next.failures - $6, 20)), $8))
+        WHEN next.failures >= $6::int THEN $5::timestamptz + make_interval(secs => LEAST(
+            $7::float8 * power(2, LEAST(next.failures - $6::int, 20)), $8::float8))
         ELSE NULL END
 FROM next
 WHERE e.id = next.id
