@@ -176,7 +176,9 @@ async def vet_host(host: str, port: int, resolve: Resolver, allow_private: bool)
     """Resolve once and return the addresses the connector must use (no second lookup).
 
     Raises BlockedAddress if ANY address is blocked (an attacker controls which one a
-    client would pick) unless ``allow_private``. Literal IPs skip resolution. A resolver
+    client would pick) unless ``allow_private``. Answers come back in the resolver's own
+    spelling (duplicates dropped), so callers can map them to their records; a literal IP
+    skips resolution and comes back normalized (``0x7f.1`` -> ``127.0.0.1``). A resolver
     that returns nothing raises OSError, like a failed lookup.
     """
     literal = parse_ip_literal(host)
@@ -189,14 +191,13 @@ async def vet_host(host: str, port: int, resolve: Resolver, allow_private: bool)
     answers = await resolve(host, port)
     if not answers:
         raise OSError(f"no address found for host {host!r}")
-    vetted: list[str] = []
+    vetted: dict[IPAddress, str] = {}
     for answer in answers:
         try:
             ip = ipaddress.ip_address(answer)
         except ValueError:
             raise BlockedAddress(host, answer) from None  # fail closed on resolver garbage
         if not allow_private and is_blocked_ip(ip):
-            raise BlockedAddress(host, str(ip))
-        if str(ip) not in vetted:
-            vetted.append(str(ip))
-    return vetted
+            raise BlockedAddress(host, answer)
+        vetted.setdefault(ip, answer)
+    return list(vetted.values())

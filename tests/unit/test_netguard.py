@@ -216,7 +216,13 @@ async def test_any_blocked_address_blocks_the_host(
 @pytest.mark.parametrize("host", ["mixed.example", "private.example", "rebind.example"])
 async def test_allow_private_lets_everything_through(resolver: StubResolver, host: str) -> None:
     got = await vet_host(host, 8080, resolver, allow_private=True)
-    assert got == [str(ipaddress.ip_address(a)) for a in RESOLVER_ANSWERS[host]]
+    assert got == RESOLVER_ANSWERS[host]
+
+
+async def test_answers_keep_the_resolver_spelling() -> None:
+    spelled = ["::ffff:8.8.8.8", "2606:4700:4700:0:0:0:0:1111", "::ffff:808:808"]
+    got = await vet_host("x.example", 443, StubResolver({"x.example": spelled}), False)
+    assert got == spelled[:2]
 
 
 @pytest.mark.parametrize(
