@@ -17,15 +17,25 @@ from dispatcher.transitions import MailingStatus
 from dispatcher.worker import Worker, WorkerConfig
 
 
-async def _endpoint(pool: asyncpg.Pool, tenant: Any, url: str, clock: FakeClock,
-                    events: list[str] | None = None, env: str = "sandbox") -> Any:
+async def _endpoint(
+    pool: asyncpg.Pool,
+    tenant: Any,
+    url: str,
+    clock: FakeClock,
+    events: list[str] | None = None,
+    env: str = "sandbox",
+) -> Any:
     from dispatcher.models import Environment
 
     owner = Principal(tenant.tenant_id, Environment(env), "key")  # type: ignore[arg-type]
     async with pool.acquire() as conn:
         return await endpoint_store.create_endpoint(
-            conn, owner, url=url, event_types=events or ["*"],
-            secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", now=clock.now(),
+            conn,
+            owner,
+            url=url,
+            event_types=events or ["*"],
+            secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            now=clock.now(),
         )
 
 
@@ -38,8 +48,10 @@ async def test_transition_reaches_receiver_signed(
     async with pool.acquire() as conn, conn.transaction():
         results = await record_transitions(
             conn,
-            [Transition(tenant.tenant_id, "sandbox", "ml_1", MailingStatus.CREATED),
-             Transition(tenant.tenant_id, "sandbox", "ml_1", MailingStatus.DELIVERED)],
+            [
+                Transition(tenant.tenant_id, "sandbox", "ml_1", MailingStatus.CREATED),
+                Transition(tenant.tenant_id, "sandbox", "ml_1", MailingStatus.DELIVERED),
+            ],
             clock.now(),
         )
     assert [r.result for r in results] == [Result.ACCEPTED, Result.ACCEPTED]
@@ -54,8 +66,10 @@ async def test_transition_reaches_receiver_signed(
     same = [r for r in receiver.at("/a") if r.headers["X-Event-Id"] == b.headers["X-Event-Id"]]
     assert same[0].body == b.body
     stripe.WebhookSignature.verify_header(
-        b.body.decode(), b.headers["X-Bjet24-Signature"],
-        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", tolerance=None,
+        b.body.decode(),
+        b.headers["X-Bjet24-Signature"],
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        tolerance=None,
     )
     async with pool.acquire() as conn:
         statuses = await conn.fetch("SELECT status FROM deliveries")

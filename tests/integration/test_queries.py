@@ -1,0 +1,38 @@
+"""Every named query PREPAREs against the migrated schema: a renamed column fails here."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from dispatcher.db import queries
+
+NAMED = {
+    name: value
+    for name, value in vars(queries).items()
+    if name.isupper() and isinstance(value, str) and name != "ENDPOINT_COLUMNS"
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+async def test_query_prepares(pool: asyncpg.Pool, name: str) -> None:
+    async with pool.acquire() as conn:
+        await conn.prepare(NAMED[name])
+
+
+async def test_claim_uses_the_partial_queue_index(pool: asyncpg.Pool) -> None:
+    """With the queue index, claim cost does not grow with the history of settled rows."""
+    async with pool.acquire() as conn:
+        await conn.execute("SET enable_seqscan = off")
+        plan = await conn.fetch(
+            "EXPLAIN "
+            + queries.CLAIM_DELIVERIES.replace("$1", "now()")
+            .replace("$2", "256")
+            .replace("$3", "64")
+            .replace("$4", "16")
+            .replace("$5", "5")
+            .replace("$6", "now() + interval '1 minute'")
+        )
+        await conn.execute("RESET enable_seqscan")
+    text = "\n".join(r[0] for r in plan)
+    assert "deliveries_due" in text
