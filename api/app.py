@@ -7,9 +7,10 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from api import openapi
 from api.context import CLOCK, POOL, SERVICES, SETTINGS
 from api.errors import error_middleware
-from api.routes import ops
+from api.routes import ops, webhooks
 from dispatcher.clock import Clock, SystemClock
 from dispatcher.settings import Settings
 
@@ -27,4 +28,5 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[SERVICES] = services or {}
     app.add_routes(ops.routes)
+    app.add_routes([*webhooks.routes, *openapi.routes])
     return app

@@ -1,0 +1,238 @@
+"""Request and response bodies of the webhook-endpoint routes, as pydantic models.
+
+The same models validate input and feed the OpenAPI document, so the two cannot drift.
+Requests are strict (``"enabled": "yes"`` is refused, not guessed) and forbid unknown
+fields, so a typo is a 422 instead of a silently ignored setting.
+
+Secrets a tenant brings must be either ``whsec_`` + standard base64 of 24 to 64 bytes (what
+we generate, and what Standard Webhooks libraries decode), or 24 to 128 printable ASCII
+characters without spaces (used as the HMAC key as is). A malformed ``whsec_`` value is
+refused rather than used raw: it is almost certainly a copy-paste error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from api.pagination import ListPage
+from api.urls import MAX_URL_LENGTH, redact_url
+from dispatcher.models import Endpoint
+from dispatcher.signing import SECRET_PREFIX
+from dispatcher.transitions import valid_event_pattern
+
+MAX_METADATA_BYTES = 16 * 1024
+MAX_DESCRIPTION_CHARS = 500
+MAX_OVERLAP_SECONDS = 7 * 24 * 3600
+
+
+def _check_pattern(pattern: str) -> str:
+    if not valid_event_pattern(pattern):
+        raise ValueError(
+            f"unknown event type '{pattern[:100]}'; use '*', 'mailing.*' or a type "
+            "listed by GET /v1/event-types"
+        )
+    return pattern
+
+
+def _dedupe(patterns: list[str]) -> list[str]:
+    return list(dict.fromkeys(patterns))
+
+
+def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return metadata
+
+
+def _check_secret(secret: str) -> str:
+    if secret.startswith(SECRET_PREFIX):
+        encoded = secret[len(SECRET_PREFIX) :]
+        try:
+            raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"a '{SECRET_PREFIX}' secret must continue in base64") from None
+        if not 24 <= len(raw) <= 64:
+            raise ValueError(f"a '{SECRET_PREFIX}' secret must encode 24 to 64 bytes")
+        return secret
+    if not 24 <= len(secret) <= 128 or any(not "!" <= c <= "~" for c in secret):
+        raise ValueError(
+            f"must be '{SECRET_PREFIX}' + base64 of 24 to 64 bytes, "
+            "or 24 to 128 printable ASCII characters without spaces"
+        )
+    return secret
+
+
+EventPattern = Annotated[str, AfterValidator(_check_pattern)]
+EventList = Annotated[
+    list[EventPattern],
+    Field(
+        min_length=1,
+        max_length=64,
+        description="Event types to receive: '*' for all, 'mailing.*', or exact types. "
+        "Duplicates are removed, order kept.",
+        examples=[["mailing.delivered", "mailing.failed"]],
+    ),
+    AfterValidator(_dedupe),
+]
+Url = Annotated[
+    str,
+    Field(
+        description="Absolute http(s) URL; https for production endpoints. "
+        "'user:password@' is sent as HTTP Basic auth and redacted when shown.",
+        json_schema_extra={"format": "uri", "maxLength": MAX_URL_LENGTH},
+        examples=["https://example.com/webhooks"],
+    ),
+]
+Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)]
+Metadata = Annotated[
+    dict[str, Any],
+    Field(description=f"Free JSON object, at most {MAX_METADATA_BYTES} bytes."),
+    AfterValidator(_check_metadata),
+]
+Secret = Annotated[
+    str,
+    Field(
+        min_length=24,
+        max_length=128,
+        description=f"'{SECRET_PREFIX}' + base64 of 24-64 bytes, or 24-128 printable ASCII "
+        "characters; generated when omitted.",
+    ),
+    AfterValidator(_check_secret),
+]
+
+_REQUEST = ConfigDict(extra="forbid", strict=True)
+
+
+class EndpointCreate(BaseModel):
+    """Body of POST /v1/webhooks."""
+
+    model_config = _REQUEST
+
+    url: Url
+    events: EventList
+    description: Description | None = None
+    enabled: bool = True
+    secret: Secret | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    standard_webhooks: bool = Field(
+        default=False, description="Also send the Standard Webhooks signature headers."
+    )
+
+
+_NOT_NULLABLE = ("url", "events", "enabled", "metadata", "standard_webhooks")
+
+
+def _document_not_nullable(schema: dict[str, Any]) -> None:
+    """The types say `| None` only to tell 'absent' from 'given'; null is refused, say so."""
+    for name in _NOT_NULLABLE:
+        prop = schema["properties"][name]
+        variants = [v for v in prop.pop("anyOf", []) if v.get("type") != "null"]
+        prop.pop("default", None)
+        if variants:
+            prop.update(variants[0])
+
+
+class EndpointUpdate(BaseModel):
+    """Body of PATCH and PUT /v1/webhooks/{id}: only the fields given change.
+
+    ``description: null`` clears the description; null for any other field is refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_document_not_nullable)
+
+    url: Url | None = None
+    events: EventList | None = None
+    description: Description | None = None
+    enabled: bool | None = None
+    metadata: Metadata | None = None
+    standard_webhooks: bool | None = None
+
+    @field_validator(*_NOT_NULLABLE, mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null; omit the field to keep its value")
+        return value
+
+    def clears_description(self) -> bool:
+        return "description" in self.model_fields_set and self.description is None
+
+
+class RotateSecret(BaseModel):
+    """Body of POST /v1/webhooks/{id}/rotate-secret; an empty body takes the defaults."""
+
+    model_config = _REQUEST
+
+    overlap_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_OVERLAP_SECONDS,
+        description="How long the previous secrets keep signing alongside the new one "
+        "(default: the server's DISPATCHER_SECRET_OVERLAP_SECONDS, 86400).",
+    )
+    secret: Secret | None = None
+
+
+class EndpointObject(BaseModel):
+    """A webhook endpoint as shown to its tenant: no secret, URL credentials masked."""
+
+    id: str = Field(examples=["ep_01JTV7ZB4W7M0Q9D3Y8K5N2C6R"])
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str = Field(description="The URL with any 'user:password@' replaced by '***:***@'.")
+    events: list[str]
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None = Field(
+        description="Why the endpoint is disabled: by the tenant, or by a 410 Gone reply."
+    )
+    metadata: dict[str, Any]
+    standard_webhooks: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointWithSecret(EndpointObject):
+    """Returned by create and rotate-secret: the only times the secret is ever shown."""
+
+    secret: str = Field(description="The signing secret; store it now, it is not shown again.")
+
+
+class EndpointList(ListPage[EndpointObject]):
+    """A page of endpoints, newest first."""
+
+
+class EventType(BaseModel):
+    name: str = Field(examples=["mailing.delivered"])
+    description: str
+
+
+class EventTypeList(ListPage[EventType]):
+    """The whole catalog, in one page."""
+
+
+def endpoint_object(endpoint: Endpoint) -> EndpointObject:
+    return EndpointObject(
+        id=endpoint.id,
+        url=redact_url(endpoint.url),
+        events=endpoint.event_types,
+        description=endpoint.description,
+        enabled=endpoint.enabled,
+        disabled_reason=endpoint.disabled_reason,
+        metadata=endpoint.metadata,
+        standard_webhooks=endpoint.standard_webhooks,
+        created_at=endpoint.created_at,
+        updated_at=endpoint.updated_at,
+    )
+
+
+def endpoint_with_secret(endpoint: Endpoint) -> EndpointWithSecret:
+    if endpoint.secret is None:
+        raise ValueError("endpoint_with_secret needs an endpoint that carries its new secret")
+    shown = endpoint_object(endpoint)
+    return EndpointWithSecret(**shown.model_dump(), secret=endpoint.secret)
