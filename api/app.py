@@ -11,6 +11,7 @@ from api import openapi
 from api.context import CLOCK, POOL, SERVICES, SETTINGS
 from api.errors import error_middleware
 from api.routes import ops, webhooks
+from api.routes import platform as platform_routes
 from dispatcher.clock import Clock, SystemClock
 from dispatcher.settings import Settings
 
@@ -29,4 +30,5 @@ def create_app(
     app[SERVICES] = services or {}
     app.add_routes(ops.routes)
     app.add_routes([*webhooks.routes, *openapi.routes])
+    app.add_routes(platform_routes.routes)
     return app

@@ -16,6 +16,9 @@ GET_TENANT = "SELECT id, name, created_at FROM tenants WHERE id = $1"
 
 LIST_TENANTS = "SELECT id, name, created_at FROM tenants ORDER BY created_at, id"
 
+# $1 tenant ids -> those that exist, locked against deletion until commit (platform ingest)
+LOCK_TENANTS = "SELECT id FROM tenants WHERE id = ANY($1::text[]) FOR KEY SHARE"
+
 # $1 id, $2 tenant_id, $3 environment, $4 key_hash, $5 key_prefix, $6 created_at
 INSERT_API_KEY = """
 INSERT INTO api_keys (id, tenant_id, environment, key_hash, key_prefix, created_at)

@@ -1,0 +1,239 @@
+"""Request and response bodies of the platform API (SPEC section 4), as pydantic models.
+
+Decisions, so the platform knows what it will be refused before it sends it:
+
+- ``mailing_id``: 1 to 128 characters from RFC 3986's unreserved set plus ``:``
+  (``A-Z a-z 0-9 - . _ ~ :``), and not ``.`` or ``..``. Such an id reads the same in the
+  URL path and in a batch body, never needs percent-encoding and can never be a ``/``.
+- ``tenant_id``: 1 to 128 printable ASCII characters without spaces (ours are ``ten_<ULID>``).
+  Whether the tenant exists is checked by the route, in the transaction.
+- ``occurred_at``: an RFC 3339 string with seconds and an offset (``Z`` or ``+hh:mm``);
+  a naive time is refused rather than guessed as UTC. It may be at most one day after the
+  server's clock (a clock skew or a bug beyond that would sort events nonsensically) and
+  not before 2000-01-01. Default: the time the dispatcher accepts it.
+- ``recipient`` and ``metadata``: JSON objects of at most 16 KiB each as JSON; they are
+  echoed verbatim (canonical key order) in the event body.
+- Requests are strict and forbid unknown fields: a typo is a 422, not ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+from dispatcher.models import Environment
+from dispatcher.signing import canonical_json
+from dispatcher.transitions import MailingStatus, MailType
+
+MAX_MAILING_ID_CHARS = 128
+MAX_TENANT_ID_CHARS = 128
+MAX_TRACKING_NUMBER_CHARS = 100
+MAX_OBJECT_BYTES = 16 * 1024
+MAX_BATCH = 1000
+MAX_FUTURE = timedelta(days=1)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+_MAILING_ID = re.compile(rf"[A-Za-z0-9._~:-]{{1,{MAX_MAILING_ID_CHARS}}}")
+_TENANT_ID = re.compile(rf"[!-~]{{1,{MAX_TENANT_ID_CHARS}}}")
+# RFC 3339 date-time: seconds required, fraction optional, offset required.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
+_NAIVE = "must carry a timezone offset ('Z' or '+hh:mm'); naive times are refused"
+
+
+def mailing_id_problem(value: str) -> str | None:
+    """Why `value` is not a mailing id, or None; shared by the path and the batch body."""
+    if not _MAILING_ID.fullmatch(value) or value in (".", ".."):
+        return (
+            f"must be 1 to {MAX_MAILING_ID_CHARS} characters from A-Z a-z 0-9 - . _ ~ : "
+            "(and not '.' or '..')"
+        )
+    return None
+
+
+def _check_mailing_id(value: str) -> str:
+    problem = mailing_id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _check_tenant_id(value: str) -> str:
+    if not _TENANT_ID.fullmatch(value):
+        raise ValueError(
+            f"must be 1 to {MAX_TENANT_ID_CHARS} printable ASCII characters without spaces"
+        )
+    return value
+
+
+def _check_object(value: dict[str, Any]) -> dict[str, Any]:
+    """The event body is serialized with these bytes, so what cannot be must fail here."""
+    try:
+        size = len(canonical_json(value))
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"cannot be serialized as JSON: {exc}") from None
+    if size > MAX_OBJECT_BYTES:
+        raise ValueError(f"must be at most {MAX_OBJECT_BYTES} bytes as JSON (is {size})")
+    return value
+
+
+def _parse_rfc3339(value: Any) -> Any:
+    """Only RFC 3339 strings: pydantic's lax parsing would take Unix numbers and bare dates."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and (match := _RFC3339.fullmatch(value)):
+        if match.group(2) is None:
+            raise ValueError(_NAIVE)
+        try:
+            parsed = datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise ValueError("is not a valid date and time") from None
+    else:
+        raise ValueError("must be an RFC 3339 date-time such as '2026-05-11T08:42:13Z'")
+    if parsed.tzinfo is None:
+        raise ValueError(_NAIVE)
+    return parsed.astimezone(UTC)
+
+
+MailingId = Annotated[
+    str,
+    Field(
+        description="The platform's mailing id: A-Z a-z 0-9 - . _ ~ : only.",
+        examples=["ml_01JTX3Y8Q6"],
+        json_schema_extra={"pattern": f"^{_MAILING_ID.pattern}$"},
+    ),
+    AfterValidator(_check_mailing_id),
+]
+TenantIdField = Annotated[
+    str,
+    Field(
+        json_schema_extra={"pattern": f"^{_TENANT_ID.pattern}$"},
+        description="An existing tenant's id; an unknown one is a 422 on this field.",
+        examples=["ten_01JTX3Y8Q6ZK4M1V9B5N7C2D3E"],
+    ),
+    AfterValidator(_check_tenant_id),
+]
+JsonObject = Annotated[
+    dict[str, Any],
+    Field(description=f"Free JSON object, at most {MAX_OBJECT_BYTES} bytes; echoed verbatim."),
+    AfterValidator(_check_object),
+]
+OccurredAt = Annotated[
+    datetime,
+    BeforeValidator(_parse_rfc3339),
+    Field(
+        description="RFC 3339 with an offset; at most one day ahead of the server's clock. "
+        "Defaults to the time of acceptance. Sent in UTC ('...Z').",
+        examples=["2026-05-11T08:42:13Z"],
+    ),
+]
+
+_REQUEST = ConfigDict(extra="forbid", strict=True)
+
+
+class TransitionIn(BaseModel):
+    """Body of POST /internal/v1/mailings/{mailing_id}/transitions."""
+
+    model_config = _REQUEST
+
+    tenant_id: TenantIdField
+    environment: Environment = Field(strict=False)
+    status: MailingStatus = Field(strict=False, description="The mailing's new status.")
+    occurred_at: OccurredAt | None = None
+    mail_type: MailType | None = Field(
+        default=None,
+        strict=False,
+        description="Defaults to the mailing's known type, else 'standard'. "
+        "'return_receipt' exists only for 'registered' mail.",
+    )
+    tracking_number: str | None = Field(
+        default=None, min_length=1, max_length=MAX_TRACKING_NUMBER_CHARS
+    )
+    recipient: JsonObject | None = None
+    metadata: JsonObject | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def plausible_time(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        """Judged against the dispatcher's clock, passed as ``context={"now": ...}``."""
+        if value is None:
+            return None
+        context = info.context if isinstance(info.context, dict) else {}
+        now = context.get("now")
+        if not isinstance(now, datetime):
+            now = datetime.now(UTC)
+        if value > now + MAX_FUTURE:
+            raise ValueError("is more than one day in the future")
+        if value < EARLIEST:
+            raise ValueError(f"must not be before {EARLIEST:%Y-%m-%d}")
+        return value
+
+
+class BatchTransitionIn(TransitionIn):
+    """One transition of a batch: the same fields plus the mailing it is about."""
+
+    mailing_id: MailingId
+
+
+class BatchIn(BaseModel):
+    """Body of POST /internal/v1/transitions."""
+
+    model_config = _REQUEST
+
+    transitions: list[BatchTransitionIn] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description=f"1 to {MAX_BATCH} transitions, applied in order in one transaction.",
+    )
+
+
+class TransitionOut(BaseModel):
+    """202 for a new event; 200 with the mailing's original event when the status repeats."""
+
+    event_id: str = Field(examples=["evt_01JTX3Y8Q6ZK4M1V9B5N7C2D3E"])
+    event_type: str = Field(examples=["mailing.delivered"])
+    status: Literal["accepted", "repeated"]
+
+
+class InvalidTransitionDetail(BaseModel):
+    type: Literal["invalid_transition"] = "invalid_transition"
+    message: str = Field(examples=["mailing is 'delivered'; cannot go back to 'printed'"])
+    current_status: MailingStatus | None = Field(
+        description="The mailing's status, which did not change; null for an unknown mailing."
+    )
+
+
+class InvalidTransition(BaseModel):
+    """409: backward or impossible; nothing was emitted."""
+
+    error: InvalidTransitionDetail
+
+
+class ItemResult(BaseModel):
+    """The outcome of one batch item, at its index."""
+
+    index: int
+    mailing_id: str
+    status: Literal["accepted", "repeated", "refused"]
+    event_id: str | None = Field(
+        default=None, description="The new event, or the original one when repeated."
+    )
+    event_type: str | None = None
+    error: InvalidTransitionDetail | None = Field(default=None, description="Only when refused.")
+
+
+class BatchOut(BaseModel):
+    """200 whatever the items' outcomes: one result per transition, in request order."""
+
+    results: list[ItemResult]
