@@ -11,7 +11,7 @@ from dispatcher.errors import Unauthorized
 from dispatcher.models import Principal
 from dispatcher.store import tenants
 
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def _bearer(request: web.Request) -> str:

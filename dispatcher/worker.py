@@ -293,6 +293,10 @@ class Worker:
                 log.warning("settling failed; retrying", extra={"error_class": type(exc).__name__})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception:
+                log.exception("settling failed unexpectedly; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _shutdown(self) -> None:
         """Let in-flight attempts finish within the grace period, hand back the rest."""

@@ -57,7 +57,12 @@ class Receiver:
             await asyncio.sleep(script.delay)
         return web.Response(status=status, body=script.body, headers=script.headers)
 
-    async def wait_for(self, count: int, path: str | None = None, timeout: float = 10) -> None:
+    async def wait_for(
+        self,
+        count: int,
+        path: str | None = None,
+        timeout: float = 10,  # noqa: ASYNC109 - a test helper's own bound
+    ) -> None:
         """Poll a condition under a generous timeout; never assert on elapsed time."""
 
         def enough() -> bool:
