@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 from dataclasses import dataclass
@@ -35,18 +36,19 @@ class Target:
     """A URL split into where to connect and the Basic credentials it carried."""
 
     url: URL
-    auth: aiohttp.BasicAuth | None
+    authorization: str | None
     host: str
 
 
 @lru_cache(maxsize=4096)
 def parse_target(url: str) -> Target:
     parsed = URL(url, encoded=True)
-    auth = None
+    authorization = None
     if parsed.user is not None:
-        auth = aiohttp.BasicAuth(parsed.user, parsed.password or "")
+        pair = f"{parsed.user}:{parsed.password or ''}".encode()
+        authorization = "Basic " + base64.b64encode(pair).decode("ascii")
         parsed = parsed.with_user(None).with_password(None)
-    return Target(parsed, auth, parsed.host or "")
+    return Target(parsed, authorization, parsed.host or "")
 
 
 def delivery_headers(
@@ -120,13 +122,14 @@ async def send(
         return AttemptResult(
             Outcome.BLOCKED_ADDRESS, None, 0.0, f"BlockedAddress: {literal}", None, None
         )
+    if target.authorization is not None:
+        headers = {**headers, "Authorization": target.authorization}
     try:
         async with asyncio.timeout(timeout_seconds):
             async with session.post(
                 target.url,
                 data=body,
                 headers=headers,
-                auth=target.auth,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=None),
             ) as response:

@@ -59,6 +59,7 @@ class Settlement:
     next_attempt_at: datetime
     succeeded: bool
     disable_endpoint: bool = False
+    attempted: bool = True
 
 
 async def claim(
@@ -107,6 +108,8 @@ def _endpoint_tallies(
         ep = s.job.endpoint_id
         if s.job.delivery_id in released:
             slots[ep] += 1
+        if not s.attempted:
+            continue
         if s.succeeded:
             reset[ep], fails[ep] = True, 0
         else:
@@ -126,17 +129,18 @@ async def settle(
     """Record attempts and outcomes in a handful of statements, whatever the batch size."""
     if not settled:
         return SettleReport(0, {})
+    tried = [s for s in settled if s.attempted]
     async with conn.transaction():
         await conn.execute(
             q.INSERT_ATTEMPTS,
-            [s.job.delivery_id for s in settled],
-            [s.job.attempt for s in settled],
-            [s.started_at for s in settled],
-            [s.duration_ms for s in settled],
-            [s.outcome for s in settled],
-            [s.status_code for s in settled],
-            [s.error for s in settled],
-            [s.response_body for s in settled],
+            [s.job.delivery_id for s in tried],
+            [s.job.attempt for s in tried],
+            [s.started_at for s in tried],
+            [s.duration_ms for s in tried],
+            [s.outcome for s in tried],
+            [s.status_code for s in tried],
+            [s.error for s in tried],
+            [s.response_body for s in tried],
         )
         rows = await conn.fetch(
             q.COMPLETE_DELIVERIES,

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -94,6 +94,7 @@ class Worker:
         self._buffer_ready = asyncio.Event()
         self._closing = False
         self.settled_total = 0
+        self._max_age = timedelta(seconds=config.policy.max_age_seconds)
 
     def wake(self) -> None:
         self._wake.set()
@@ -106,6 +107,8 @@ class Worker:
 
     async def _attempt(self, job: Job) -> Settlement:
         started = self._clock.now()
+        if started >= job.event_created_at + self._max_age:
+            return self._expired(job, started)
         headers = delivery_headers(
             event_id=job.event_id,
             event_type=job.event_type,
@@ -125,6 +128,31 @@ class Worker:
             allow_private=self._config.allow_private_targets,
         )
         return self._decide(job, started, result)
+
+    def _expired(self, job: Job, now: datetime) -> Settlement:
+        """Claimed after its max age (an open circuit held it back): dead, and not sent."""
+        metrics.DEAD_LETTERS.inc()
+        log.info(
+            "delivery expired before its attempt",
+            extra={
+                "event_id": job.event_id,
+                "delivery_id": f"dlv_{job.delivery_id}",
+                "endpoint_id": job.endpoint_id,
+            },
+        )
+        return Settlement(
+            job=job,
+            started_at=now,
+            duration_ms=0.0,
+            outcome="expired",
+            status_code=None,
+            error=None,
+            response_body=None,
+            status=DeliveryStatus.DEAD,
+            next_attempt_at=now,
+            succeeded=False,
+            attempted=False,
+        )
 
     def _decide(self, job: Job, started: datetime, result: AttemptResult) -> Settlement:
         now = self._clock.now()
