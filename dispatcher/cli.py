@@ -20,6 +20,7 @@ from dispatcher.errors import DispatcherError
 from dispatcher.logs import setup_logging
 from dispatcher.models import Environment
 from dispatcher.settings import Settings, load_settings
+from dispatcher.store import deliveries as delivery_store
 from dispatcher.store import tenants
 
 
@@ -114,6 +115,95 @@ async def _cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _moment(text: str) -> datetime:
+    """--since/--until: ISO 8601 (RFC 3339); a time without a zone is UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
+    return value
+
+
+def _dead_letter_filter(args: argparse.Namespace) -> delivery_store.DeadLetterFilter:
+    return delivery_store.DeadLetterFilter(args.tenant, args.endpoint, args.since, args.until)
+
+
+def progress_bar(done: int, total: int, width: int = 30) -> str:
+    """One redrawable stderr line, `\r[#####     ] 500/1000`: no dependency for a bar."""
+    filled = width * done // total if total else width
+    return f"\r[{'#' * filled}{' ' * (width - filled)}] {done}/{total}"
+
+
+async def _cmd_dead_letters_list(settings: Settings, args: argparse.Namespace) -> int:
+    async with _connection(settings) as conn:
+        found = await delivery_store.list_dead_letters(
+            conn, _dead_letter_filter(args), args.limit + 1
+        )
+    shown = found[: args.limit]
+    if args.json:
+        _print_json(
+            [
+                {
+                    "id": f"dlv_{d.id}",
+                    "tenant_id": d.tenant_id,
+                    "environment": d.environment,
+                    "endpoint_id": d.endpoint_id,
+                    "event_id": d.event_id,
+                    "event_type": d.event_type,
+                    "attempts": d.attempts,
+                    "last_status_code": d.last_status_code,
+                    "last_outcome": d.last_outcome,
+                    "created_at": d.created_at.isoformat(),
+                    "died_at": d.died_at.isoformat() if d.died_at else None,
+                    "endpoint_live": d.endpoint_live,
+                }
+                for d in shown
+            ]
+        )
+    else:
+        for d in shown:
+            last = d.last_status_code or d.last_outcome or "-"
+            died = f"{d.died_at:%Y-%m-%d %H:%M}" if d.died_at else "-"
+            note = "" if d.endpoint_live else "  (endpoint disabled or deleted)"
+            print(
+                f"dlv_{d.id}  {d.tenant_id}  {d.environment:<10}  {d.endpoint_id}  {d.event_id}"
+                f"  {d.event_type}  attempts={d.attempts}  last={last}  died={died}{note}"
+            )
+    if len(found) > args.limit:
+        print(f"showing the newest {args.limit}; raise --limit for more", file=sys.stderr)
+    return 0
+
+
+async def _cmd_dead_letters_replay(settings: Settings, args: argparse.Namespace) -> int:
+    where = _dead_letter_filter(args)
+    async with _connection(settings) as conn:
+        total, skipped = await delivery_store.count_dead_letters(conn, where)
+        if skipped:
+            print(f"skipping {skipped} of disabled or deleted endpoints", file=sys.stderr)
+
+        def show(done: int) -> None:
+            sys.stderr.write(progress_bar(done, max(total, done)))
+            sys.stderr.flush()
+
+        show(0)
+        done = await delivery_store.replay_dead_letters(
+            conn, where, _now(), chunk_size=args.chunk_size, progress=show
+        )
+    sys.stderr.write("\n")
+    print(f"re-queued {done} dead deliveries")
+    return 0
+
+
 def _role(api: bool, worker: bool) -> Callable[[Settings, argparse.Namespace], Awaitable[int]]:
     async def run(settings: Settings, args: argparse.Namespace) -> int:
         from dispatcher.service import serve
@@ -142,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_migrate)
 
+    rc = sub.add_parser("receive", help="a local receiver that verifies signatures (for trying)")
+    rc.add_argument("--secret", required=True, help="the endpoint's whsec_ secret")
+    rc.add_argument("--host", default="127.0.0.1")
+    rc.add_argument("--port", type=int, default=9000)
+    rc.add_argument("--header", default="X-Bjet24-Signature", help="signature header name")
+    rc.set_defaults(func=None, sync=_cmd_receive)
+
     t = sub.add_parser("tenants", help="manage tenants").add_subparsers(
         dest="action", required=True
     )
@@ -166,11 +263,36 @@ def build_parser() -> argparse.ArgumentParser:
     kr = k.add_parser("revoke", help="revoke an API key; effective on the next request")
     kr.add_argument("key_id")
     kr.set_defaults(func=_cmd_keys_revoke)
+
+    d = sub.add_parser("dead-letters", help="list and replay dead deliveries").add_subparsers(
+        dest="action", required=True
+    )
+    dl = d.add_parser("list", help="list dead deliveries, newest first")
+    dr = d.add_parser("replay", help="re-queue dead deliveries now, with a fresh retry window")
+    for p in (dl, dr):
+        p.add_argument("--tenant", help="only this tenant's")
+        p.add_argument("--endpoint", help="only this endpoint's")
+        p.add_argument("--since", type=_moment, help="created at or after (ISO 8601)")
+        p.add_argument("--until", type=_moment, help="created before (ISO 8601)")
+    dl.add_argument("--limit", type=_positive, default=1000, help="at most this many (1000)")
+    dl.add_argument("--json", action="store_true")
+    dl.set_defaults(func=_cmd_dead_letters_list)
+    dr.add_argument("--chunk-size", type=_positive, default=1000, help="rows per UPDATE (1000)")
+    dr.set_defaults(func=_cmd_dead_letters_replay)
     return parser
+
+
+def _cmd_receive(args: argparse.Namespace) -> int:
+    from dispatcher.devreceiver import run_receiver
+
+    return run_receiver(args.host, args.port, args.secret, args.header)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "sync", None) is not None:
+        code: int = args.sync(args)
+        return code
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
     try:
         settings = load_settings(**overrides)
@@ -181,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             runner: Any = uvloop.run
         except ImportError:
             runner = asyncio.run
-        code: int = runner(args.func(settings, args))
-        return code
+        result: int = runner(args.func(settings, args))
+        return result
     except DispatcherError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return 2
