@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -76,3 +77,47 @@ async def test_transition_reaches_receiver_signed(
         in_flight = await conn.fetchval("SELECT sum(in_flight) FROM endpoints")
     assert {r["status"] for r in statuses} == {"succeeded"}
     assert in_flight == 0
+
+
+async def test_standard_webhooks_opt_in_and_rotation_verify_with_real_libraries(
+    pool: asyncpg.Pool, make_tenant: Any, receiver: Any, clock: FakeClock
+) -> None:
+    import standardwebhooks
+
+    from dispatcher.models import Environment
+
+    clock.set(datetime.now(UTC))  # the standardwebhooks verifier checks the timestamp's age
+    tenant = await make_tenant()
+    owner = Principal(tenant.tenant_id, Environment.SANDBOX, "key")  # type: ignore[arg-type]
+    old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    new = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+    async with pool.acquire() as conn:
+        ep = await endpoint_store.create_endpoint(
+            conn,
+            owner,
+            url=receiver.url("/std"),
+            event_types=["*"],
+            secret=old,
+            now=clock.now(),
+            standard_webhooks=True,
+        )
+        await endpoint_store.rotate_secret(conn, owner, ep.id, new, 3600, clock.now())
+    async with pool.acquire() as conn, conn.transaction():
+        await record_transitions(
+            conn,
+            [Transition(tenant.tenant_id, "sandbox", "ml_9", MailingStatus.CREATED)],
+            clock.now(),
+        )
+    async with delivery_session(allow_private=True, max_connections=10) as session:
+        worker = Worker(pool, session, WorkerConfig(allow_private_targets=True), clock=clock)
+        await worker.drain()
+    (got,) = receiver.requests
+    header = got.headers["X-Bjet24-Signature"]
+    assert header.count("v1=") == 2, "one signature per active secret during the overlap"
+    for secret in (old, new):  # a receiver on either secret accepts it
+        stripe.WebhookSignature.verify_header(got.body.decode(), header, secret, tolerance=None)
+        standardwebhooks.Webhook(secret).verify(
+            got.body,
+            {k: got.headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")},
+        )
+    assert got.headers["webhook-id"] == got.headers["X-Event-Id"]
