@@ -10,8 +10,11 @@ from aiohttp import web
 from api import openapi
 from api.context import CLOCK, POOL, SERVICES, SETTINGS
 from api.errors import error_middleware
+from api.routes import deliveries as delivery_routes
+from api.routes import events as event_routes
 from api.routes import ops, webhooks
 from api.routes import platform as platform_routes
+from api.routes import test_send as test_send_routes
 from dispatcher.clock import Clock, SystemClock
 from dispatcher.settings import Settings
 
@@ -31,4 +34,7 @@ def create_app(
     app.add_routes(ops.routes)
     app.add_routes([*webhooks.routes, *openapi.routes])
     app.add_routes(platform_routes.routes)
+    app.add_routes(delivery_routes.routes)
+    app.add_routes(event_routes.routes)
+    app.add_routes(test_send_routes.routes)
     return app

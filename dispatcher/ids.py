@@ -52,6 +52,7 @@ def format_delivery_id(value: int) -> str:
 
 def parse_delivery_id(text: str) -> DeliveryId | None:
     """None for anything that is not one of ours, so the caller answers 404."""
-    if not text.startswith("dlv_") or not text[4:].isdigit() or len(text) > 24:
+    if not text.startswith("dlv_") or not text[4:].isascii() or not text[4:].isdigit():
         return None
-    return DeliveryId(int(text[4:]))
+    value = int(text[4:]) if len(text) <= 24 else 0
+    return DeliveryId(value) if 0 < value < 2**63 else None  # a bigint, or not ours

@@ -385,3 +385,175 @@ SELECT CASE WHEN NOT enabled THEN 'disabled'
        count(*)::int AS n
 FROM endpoints WHERE deleted_at IS NULL GROUP BY 1
 """
+
+# ---- delivery log, replay and retry (API and `dispatcher dead-letters`) -------------------
+# A re-queued delivery is due now, keeps its event and its attempt count, and starts a fresh
+# retry window: replayed_at is the max-age origin, attempts_before_replay the backoff base.
+
+# $1 endpoint_id, $2 status (NULL for all), $3 cursor: deliveries older than this id (NULL for
+# the first page), $4 limit -> newest first
+LIST_ENDPOINT_DELIVERIES = """
+SELECT d.id, d.event_id, ev.event_type, d.endpoint_id, d.status, d.attempts, d.next_attempt_at,
+       d.created_at, d.completed_at, d.last_status_code, d.last_outcome, d.replayed_at
+FROM deliveries d
+JOIN events ev ON ev.id = d.event_id
+WHERE d.endpoint_id = $1 AND ($2::text IS NULL OR d.status = $2)
+  AND ($3::bigint IS NULL OR d.id < $3)
+ORDER BY d.id DESC
+LIMIT $4
+"""
+
+# $1 delivery id, $2 endpoint_id -> the id when it is a delivery of that endpoint (page cursor)
+GET_DELIVERY_CURSOR = "SELECT id FROM deliveries WHERE id = $1 AND endpoint_id = $2"
+
+# $1 delivery ids, $2 attempts kept per delivery (the newest) -> oldest first per delivery
+ATTEMPTS_OF_DELIVERIES = """
+SELECT a.delivery_id, a.attempt, a.started_at, a.duration_ms, a.outcome, a.status_code, a.error,
+       a.response_body
+FROM unnest($1::bigint[]) AS d (id)
+CROSS JOIN LATERAL (
+    SELECT * FROM attempts WHERE attempts.delivery_id = d.id
+    ORDER BY attempts.attempt DESC, attempts.id DESC
+    LIMIT $2
+) a
+ORDER BY a.delivery_id, a.attempt, a.id
+"""
+
+# $1 event ids -> their deliveries, by event then endpoint
+DELIVERIES_OF_EVENTS = """
+SELECT d.id, d.event_id, ev.event_type, d.endpoint_id, d.status, d.attempts, d.next_attempt_at,
+       d.created_at, d.completed_at, d.last_status_code, d.last_outcome, d.replayed_at
+FROM deliveries d
+JOIN events ev ON ev.id = d.event_id
+WHERE d.event_id = ANY($1::text[])
+ORDER BY d.event_id, d.endpoint_id
+"""
+
+# $1 delivery id, $2 tenant_id, $3 environment -> the delivery and its endpoint's state
+GET_DELIVERY = """
+SELECT d.id, d.event_id, ev.event_type, d.endpoint_id, d.status, d.attempts, d.next_attempt_at,
+       d.created_at, d.completed_at, d.last_status_code, d.last_outcome, d.replayed_at,
+       ep.enabled AS endpoint_enabled, ep.deleted_at IS NOT NULL AS endpoint_deleted
+FROM deliveries d
+JOIN endpoints ep ON ep.id = d.endpoint_id
+JOIN events ev ON ev.id = d.event_id
+WHERE d.id = $1 AND ep.tenant_id = $2 AND ep.environment = $3
+"""
+
+# $1 delivery id, $2 tenant_id, $3 environment, $4 now -> the id when re-queued; nothing when
+# it is another tenant's, in flight, or its endpoint is disabled or deleted
+RETRY_DELIVERY = """
+UPDATE deliveries d
+SET status = 'pending', next_attempt_at = $4, completed_at = NULL, replayed_at = $4,
+    attempts_before_replay = d.attempts
+FROM endpoints ep
+WHERE d.id = $1 AND ep.id = d.endpoint_id AND ep.tenant_id = $2 AND ep.environment = $3
+  AND ep.enabled AND ep.deleted_at IS NULL AND d.status <> 'in_flight'
+RETURNING d.id
+"""
+
+# $1 endpoint_id, $2 since (NULL: unbounded), $3 until (NULL: unbounded), $4 now -> re-queues
+# the endpoint's dead deliveries created in [since, until)
+REPLAY_DEAD_DELIVERIES = """
+UPDATE deliveries d
+SET status = 'pending', next_attempt_at = $4, completed_at = NULL, replayed_at = $4,
+    attempts_before_replay = d.attempts
+WHERE d.endpoint_id = $1 AND d.status = 'dead'
+  AND ($2::timestamptz IS NULL OR d.created_at >= $2)
+  AND ($3::timestamptz IS NULL OR d.created_at < $3)
+"""
+
+# $1 endpoint_id, $2 since (NULL: unbounded), $3 until (NULL: unbounded), $4 now -> re-queues
+# every failed delivery created in [since, until): dead, cancelled, and pending ones that
+# have failed at least once (they start over now instead of waiting for their backoff)
+REPLAY_FAILED_DELIVERIES = """
+UPDATE deliveries d
+SET status = 'pending', next_attempt_at = $4, completed_at = NULL, replayed_at = $4,
+    attempts_before_replay = d.attempts
+WHERE d.endpoint_id = $1
+  AND (d.status IN ('dead', 'cancelled') OR (d.status = 'pending' AND d.attempts > 0))
+  AND ($2::timestamptz IS NULL OR d.created_at >= $2)
+  AND ($3::timestamptz IS NULL OR d.created_at < $3)
+"""
+
+# $1 tenant_id, $2 endpoint_id, $3 since, $4 until (each NULL: no filter), $5 limit
+# -> dead letters, newest first
+LIST_DEAD_LETTERS = """
+SELECT d.id, ep.tenant_id, ep.environment, d.endpoint_id, d.event_id, ev.event_type, d.attempts,
+       d.last_status_code, d.last_outcome, d.created_at, d.completed_at,
+       ep.enabled AND ep.deleted_at IS NULL AS endpoint_live
+FROM deliveries d
+JOIN endpoints ep ON ep.id = d.endpoint_id
+JOIN events ev ON ev.id = d.event_id
+WHERE d.status = 'dead'
+  AND ($1::text IS NULL OR ep.tenant_id = $1) AND ($2::text IS NULL OR d.endpoint_id = $2)
+  AND ($3::timestamptz IS NULL OR d.created_at >= $3)
+  AND ($4::timestamptz IS NULL OR d.created_at < $4)
+ORDER BY d.id DESC
+LIMIT $5
+"""
+
+# $1 tenant_id, $2 endpoint_id, $3 since, $4 until (each NULL: no filter) -> dead letters a
+# replay takes, and those it skips because their endpoint is disabled or deleted
+COUNT_DEAD_LETTERS = """
+SELECT count(*) FILTER (WHERE ep.enabled AND ep.deleted_at IS NULL)::int AS replayable,
+       count(*) FILTER (WHERE NOT ep.enabled OR ep.deleted_at IS NOT NULL)::int AS skipped
+FROM deliveries d
+JOIN endpoints ep ON ep.id = d.endpoint_id
+WHERE d.status = 'dead'
+  AND ($1::text IS NULL OR ep.tenant_id = $1) AND ($2::text IS NULL OR d.endpoint_id = $2)
+  AND ($3::timestamptz IS NULL OR d.created_at >= $3)
+  AND ($4::timestamptz IS NULL OR d.created_at < $4)
+"""
+
+# $1 tenant_id, $2 endpoint_id, $3 since, $4 until (each NULL: no filter), $5 after this id,
+# $6 chunk size, $7 now -> re-queues the next chunk of dead letters of live endpoints, in id
+# order; answers how many rows it scanned, the last id scanned and how many it re-queued
+REPLAY_DEAD_LETTERS_CHUNK = """
+WITH chunk AS (
+    SELECT d.id FROM deliveries d
+    JOIN endpoints ep ON ep.id = d.endpoint_id
+    WHERE d.status = 'dead' AND d.id > $5 AND ep.enabled AND ep.deleted_at IS NULL
+      AND ($1::text IS NULL OR ep.tenant_id = $1) AND ($2::text IS NULL OR d.endpoint_id = $2)
+      AND ($3::timestamptz IS NULL OR d.created_at >= $3)
+      AND ($4::timestamptz IS NULL OR d.created_at < $4)
+    ORDER BY d.id
+    LIMIT $6
+    FOR UPDATE OF d SKIP LOCKED
+),
+requeued AS (
+    UPDATE deliveries d
+    SET status = 'pending', next_attempt_at = $7, completed_at = NULL, replayed_at = $7,
+        attempts_before_replay = d.attempts
+    FROM chunk
+    WHERE d.id = chunk.id AND d.status = 'dead'
+    RETURNING d.id
+)
+SELECT (SELECT count(*) FROM chunk)::int AS scanned,
+       (SELECT max(id) FROM chunk) AS last_id,
+       (SELECT count(*) FROM requeued)::int AS requeued
+"""
+
+# ---- event log (GET /v1/events) -----------------------------------------------------------
+
+# $1 event id, $2 tenant_id, $3 environment
+GET_EVENT = """
+SELECT id, event_type, mailing_id, occurred_at, created_at, body FROM events
+WHERE id = $1 AND tenant_id = $2 AND environment = $3
+"""
+
+# $1 tenant_id, $2 environment, $3 mailing_id, $4 cursor created_at (NULL for the first page),
+# $5 cursor id, $6 limit -> newest first
+LIST_MAILING_EVENTS = """
+SELECT id, event_type, mailing_id, occurred_at, created_at, body FROM events
+WHERE tenant_id = $1 AND environment = $2 AND mailing_id = $3
+  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+ORDER BY created_at DESC, id DESC
+LIMIT $6
+"""
+
+# $1 event id, $2 tenant_id, $3 environment, $4 mailing_id -> the sort key of a page cursor
+GET_EVENT_CURSOR = """
+SELECT created_at, id FROM events
+WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND mailing_id = $4
+"""

@@ -1,0 +1,276 @@
+"""Bodies of the delivery, event and test-send routes, as pydantic models.
+
+The same models validate input and feed the OpenAPI document. Times are RFC 3339 with an
+offset (`2026-05-11T08:42:13Z`): a time without a zone is ambiguous and refused.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+from api.pagination import ListPage, PageQuery
+from dispatcher.ids import format_delivery_id
+from dispatcher.models import DeliveryStatus
+from dispatcher.signing import canonical_json
+from dispatcher.store.deliveries import Attempt, Delivery, ReplayScope
+from dispatcher.store.events import StoredEvent
+from dispatcher.transitions import EVENT_TYPES, TEST_EVENT_TYPE
+
+MAX_TEST_DATA_BYTES = 16 * 1024
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """Only strings: pydantic would otherwise take a number as unix seconds."""
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-05-11T08:42:13Z")
+    return value
+
+
+Rfc3339 = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    Field(examples=["2026-05-11T00:00:00Z"]),
+]
+
+
+# ---- the delivery log -------------------------------------------------------------------
+
+
+class DeliveryListQuery(PageQuery):
+    """GET /v1/webhooks/{id}/deliveries: newest first, optionally one status."""
+
+    status: DeliveryStatus | None = Field(
+        default=None, description="Only deliveries in this status."
+    )
+
+
+class AttemptObject(BaseModel):
+    """One POST to the endpoint, as recorded when it ended."""
+
+    attempt: int = Field(description="1 for the first attempt; the X-Delivery-Attempt sent.")
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None = Field(description="The HTTP status; null when none came back.")
+    outcome: str = Field(
+        description="success, redirect, http_4xx, http_5xx, timeout, connection_error, "
+        "tls_error or blocked_address.",
+        examples=["http_5xx"],
+    )
+    error_class: str | None = Field(
+        description="The outcome of a failed attempt (null on success).", examples=["timeout"]
+    )
+    error: str | None = Field(description="A short reason; never the URL or its credentials.")
+    response_body: str | None = Field(
+        description="The first 1 KiB of the response body, decoded leniently as UTF-8."
+    )
+
+
+class DeliveryObject(BaseModel):
+    """One event sent to one endpoint, with its attempts (the newest 50 at most)."""
+
+    id: str = Field(examples=["dlv_42"])
+    object: Literal["delivery"] = "delivery"
+    event_id: str
+    event_type: str
+    endpoint_id: str
+    status: DeliveryStatus
+    attempt_count: int = Field(description="Attempts made so far, replays included.")
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due (pending).")
+    created_at: datetime
+    completed_at: datetime | None = Field(description="When it succeeded, died or was cancelled.")
+    replayed_at: datetime | None = Field(
+        description="The last replay or retry; its retry window counts from here."
+    )
+    last_status_code: int | None
+    last_outcome: str | None
+    attempts: list[AttemptObject] = Field(description="Oldest first.")
+
+
+class DeliveryList(ListPage[DeliveryObject]):
+    """A page of an endpoint's deliveries, newest first."""
+
+
+class ReplayRequest(BaseModel):
+    """Body of POST /v1/webhooks/{id}/replay; an empty body replays every dead letter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: Rfc3339 | None = Field(
+        default=None, description="Deliveries created at or after this time (default: all)."
+    )
+    until: Rfc3339 | None = Field(
+        default=None, description="Deliveries created before this time (default: now)."
+    )
+    status: ReplayScope = Field(
+        default=ReplayScope.DEAD,
+        description="'dead': dead letters only. 'failed': also cancelled deliveries and "
+        "pending ones that have failed at least once (they are sent now instead of after "
+        "their backoff).",
+    )
+
+    @field_validator("until")
+    @classmethod
+    def _after_since(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
+        since = info.data.get("since")
+        if until is not None and since is not None and until <= since:
+            raise ValueError("must be after since")
+        return until
+
+
+class ReplayResult(BaseModel):
+    replayed: int = Field(description="Deliveries re-queued, due now.")
+
+
+def attempt_object(attempt: Attempt) -> AttemptObject:
+    return AttemptObject(
+        attempt=attempt.attempt,
+        started_at=attempt.started_at,
+        duration_ms=round(attempt.duration_ms, 3),
+        status_code=attempt.status_code,
+        outcome=attempt.outcome,
+        error_class=None if attempt.outcome == "success" else attempt.outcome,
+        error=attempt.error,
+        response_body=attempt.response_body,
+    )
+
+
+def delivery_object(delivery: Delivery, attempts: list[Attempt]) -> DeliveryObject:
+    pending = delivery.status == DeliveryStatus.PENDING
+    return DeliveryObject(
+        id=format_delivery_id(delivery.id),
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        endpoint_id=delivery.endpoint_id,
+        status=delivery.status,
+        attempt_count=delivery.attempts,
+        next_attempt_at=delivery.next_attempt_at if pending else None,
+        created_at=delivery.created_at,
+        completed_at=delivery.completed_at,
+        replayed_at=delivery.replayed_at,
+        last_status_code=delivery.last_status_code,
+        last_outcome=delivery.last_outcome,
+        attempts=[attempt_object(a) for a in attempts],
+    )
+
+
+# ---- events -----------------------------------------------------------------------------
+
+
+class EventListQuery(PageQuery):
+    """GET /v1/events: the events of one mailing, newest first."""
+
+    mailing_id: str = Field(min_length=1, max_length=255, description="Required.")
+
+
+class EventDelivery(BaseModel):
+    """Where one event stands at one endpoint."""
+
+    endpoint_id: str
+    delivery_id: str = Field(examples=["dlv_42"])
+    status: DeliveryStatus
+    attempt_count: int
+    last_status_code: int | None
+    last_outcome: str | None
+    next_attempt_at: datetime | None
+    completed_at: datetime | None
+
+
+class EventObject(BaseModel):
+    event_id: str = Field(examples=["evt_01JTV7ZB4W7M0Q9D3Y8K5N2C6R"])
+    object: Literal["event"] = "event"
+    event_type: str
+    occurred_at: datetime
+    created_at: datetime = Field(description="When the dispatcher accepted it.")
+    mailing_id: str | None
+    data: dict[str, Any] = Field(description="The event's data, as sent to endpoints.")
+    deliveries: list[EventDelivery] = Field(description="One per endpoint it was fanned out to.")
+
+
+class EventList(ListPage[EventObject]):
+    """A page of one mailing's events, newest first."""
+
+
+def event_object(event: StoredEvent, deliveries: list[Delivery]) -> EventObject:
+    return EventObject(
+        event_id=event.id,
+        event_type=event.event_type,
+        occurred_at=event.occurred_at,
+        created_at=event.created_at,
+        mailing_id=event.mailing_id,
+        data=event.data(),
+        deliveries=[
+            EventDelivery(
+                endpoint_id=d.endpoint_id,
+                delivery_id=format_delivery_id(d.id),
+                status=d.status,
+                attempt_count=d.attempts,
+                last_status_code=d.last_status_code,
+                last_outcome=d.last_outcome,
+                next_attempt_at=d.next_attempt_at if d.status == DeliveryStatus.PENDING else None,
+                completed_at=d.completed_at,
+            )
+            for d in deliveries
+        ],
+    )
+
+
+# ---- test sends -------------------------------------------------------------------------
+
+
+def _known_event_type(value: str) -> str:
+    if value not in EVENT_TYPES:
+        raise ValueError(
+            f"unknown event type '{value[:100]}'; use one listed by GET /v1/event-types"
+        )
+    return value
+
+
+def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        size = len(canonical_json(value))
+    except orjson.JSONEncodeError:
+        raise ValueError("cannot be serialized (integers must fit in 64 bits)") from None
+    if size > MAX_TEST_DATA_BYTES:
+        raise ValueError(f"must be at most {MAX_TEST_DATA_BYTES} bytes as JSON")
+    return value
+
+
+class SendTestRequest(BaseModel):
+    """Body of POST /v1/webhooks/{id}/test; an empty body sends a `webhook.test` event."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    event_type: Annotated[str, AfterValidator(_known_event_type)] = Field(
+        default=TEST_EVENT_TYPE, examples=["mailing.delivered"]
+    )
+    data: Annotated[dict[str, Any], AfterValidator(_small_json_object)] | None = Field(
+        default=None,
+        description="The event's `data` (default: a sample for the event type), "
+        f"at most {MAX_TEST_DATA_BYTES} bytes.",
+    )
+
+
+class SendTestResult(BaseModel):
+    """How the one attempt went; the call itself succeeded even when the endpoint failed."""
+
+    success: bool = Field(description="True when the endpoint answered 2xx in time.")
+    event_id: str = Field(description="The test event's id; test events are not stored.")
+    event_type: str
+    status_code: int | None
+    duration_ms: float
+    outcome: str = Field(examples=["success", "http_5xx", "blocked_address"])
+    error: str | None
+    response_body: str | None = Field(description="The first 1 KiB of the response body.")

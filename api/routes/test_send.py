@@ -1,0 +1,132 @@
+"""POST /v1/webhooks/{id}/test: one signed event sent now, and how the endpoint answered.
+
+Decisions:
+- The request is built exactly as a real delivery's (canonical body, `delivery_headers`
+  with every active secret, the configured signature header, Standard Webhooks when the
+  endpoint opted in, `X-Delivery-Attempt: 1`), and sent with the same attempt timeout and
+  SSRF rules, so a passing test means real deliveries will pass too.
+- The event gets a fresh `evt_` id and occurred_at = now. It is not stored: no event, no
+  delivery, no retry, no metrics; GET /v1/events/{id} does not find it.
+- A disabled endpoint can be tested: checking the receiver before re-enabling is the point.
+- The answer is 200 whenever the attempt was made, even if the endpoint failed:
+  `success` says how the endpoint did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from api import auth
+from api.context import SERVICES, clock, pool, settings
+from api.delivery_schemas import SendTestRequest, SendTestResult
+from api.openapi import operation
+from api.responses import json_response, read_json, validate
+from dispatcher import ids
+from dispatcher.attempt import delivery_headers, send, unix_seconds
+from dispatcher.errors import Conflict, NotFound
+from dispatcher.events import event_body
+from dispatcher.models import Endpoint
+from dispatcher.policy import Outcome
+from dispatcher.sender import delivery_session
+from dispatcher.store import endpoints as endpoint_store
+from dispatcher.transitions import EVENT_PREFIX, TEST_EVENT_TYPE
+
+routes = web.RouteTableDef()
+
+log = logging.getLogger(__name__)
+
+
+def sample_data(event_type: str, endpoint: Endpoint) -> dict[str, Any]:
+    """Data shaped like the real thing, so the receiver's parser is exercised too."""
+    if event_type.startswith(EVENT_PREFIX):
+        return {"mailing_id": "ml_test", "status": event_type.removeprefix(EVENT_PREFIX)}
+    if event_type == TEST_EVENT_TYPE:
+        return {"endpoint_id": endpoint.id, "message": "test event sent on request"}
+    return {}
+
+
+@contextlib.asynccontextmanager
+async def _session(request: web.Request) -> AsyncIterator[aiohttp.ClientSession]:
+    """The process's delivery client; a one-off one when the app was built without it."""
+    shared = request.app[SERVICES].get("session")
+    if isinstance(shared, aiohttp.ClientSession):
+        yield shared
+        return
+    async with delivery_session(
+        allow_private=settings(request).allow_private_targets, max_connections=1
+    ) as session:
+        yield session
+
+
+@routes.post("/v1/webhooks/{id}/test")
+@operation(
+    summary="Send a signed test event now",
+    tag="webhooks",
+    body=SendTestRequest,
+    body_required=False,
+    responses={200: SendTestResult},
+    description="Signed and sent like a real delivery, once, synchronously; 200 with the "
+    "attempt's outcome even when the endpoint failed. Not stored and not retried. A disabled "
+    "endpoint can be tested.",
+)
+async def send_test_event(request: web.Request) -> web.Response:
+    owner = await auth.tenant(request)
+    raw = await request.read()
+    spec = validate(SendTestRequest, await read_json(request) if raw.strip() else {})
+    config = settings(request)
+    now = clock(request).now()
+    async with pool(request).acquire() as conn:  # released before the HTTP call
+        endpoint = await endpoint_store.get_endpoint(conn, owner, request.match_info["id"])
+        if endpoint is None:
+            raise NotFound("no such webhook endpoint")
+        secrets = (await endpoint_store.active_secrets(conn, [endpoint.id], now)).get(endpoint.id)
+    if not secrets:
+        raise Conflict("the endpoint has no active signing secret; rotate it to get one")
+    event_id = ids.event_id()
+    data = spec.data if spec.data is not None else sample_data(spec.event_type, endpoint)
+    body = event_body(event_id, spec.event_type, now, data)
+    headers = delivery_headers(
+        event_id=event_id,
+        event_type=spec.event_type,
+        attempt=1,
+        body=body,
+        secrets=secrets,
+        timestamp=unix_seconds(now),
+        signature_header=config.signature_header,
+        standard_webhooks=endpoint.standard_webhooks,
+    )
+    async with _session(request) as session:
+        result = await send(
+            session,
+            url=endpoint.url,
+            body=body,
+            headers=headers,
+            timeout_seconds=config.attempt_timeout_seconds,
+            allow_private=config.allow_private_targets,
+        )
+    log.info(
+        "test event sent",
+        extra={
+            "event_id": event_id,
+            "endpoint_id": endpoint.id,
+            "outcome": result.outcome.value,
+            "status_code": result.status_code,
+        },
+    )
+    answer = SendTestResult(
+        success=result.outcome == Outcome.SUCCESS,
+        event_id=event_id,
+        event_type=spec.event_type,
+        status_code=result.status_code,
+        duration_ms=round(result.duration_ms, 3),
+        outcome=result.outcome.value,
+        error=result.error,
+        response_body=result.response_body,
+    )
+    return json_response(answer.model_dump(mode="json"))
