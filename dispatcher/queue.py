@@ -42,6 +42,8 @@ class Job:
     url: str
     standard_webhooks: bool
     secrets: list[str]
+    age_origin: datetime  # the event's acceptance, or the last replay: the max age counts from it
+    schedule_attempt: int  # attempts since that origin: the backoff step
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ async def claim(
             r["url"],
             r["standard_webhooks"],
             list(r["secrets"]),
+            r["age_origin"],
+            r["schedule_attempt"],
         )
         for r in rows
     ]

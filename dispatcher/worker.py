@@ -107,7 +107,7 @@ class Worker:
 
     async def _attempt(self, job: Job) -> Settlement:
         started = self._clock.now()
-        if started >= job.event_created_at + self._max_age:
+        if started >= job.age_origin + self._max_age:
             return self._expired(job, started)
         headers = delivery_headers(
             event_id=job.event_id,
@@ -159,8 +159,8 @@ class Worker:
         decision = self._config.policy.decide(
             outcome=result.outcome,
             status_code=result.status_code,
-            attempt=job.attempt,
-            event_created_at=job.event_created_at,
+            attempt=job.schedule_attempt,
+            event_created_at=job.age_origin,
             now=now,
             retry_after=result.retry_after,
             rng=self._rng,
@@ -190,7 +190,7 @@ class Worker:
     def _observe(self, job: Job, result: AttemptResult, decision: object, now: datetime) -> None:
         metrics.DELIVERY_ATTEMPTS.labels(outcome=result.outcome.value).inc()
         metrics.ATTEMPT_DURATION.observe(result.duration_ms / 1000)
-        if isinstance(decision, Done):
+        if isinstance(decision, Done) and job.age_origin == job.event_created_at:
             metrics.EVENT_LATENCY.observe(max((now - job.event_created_at).total_seconds(), 0))
         elif isinstance(decision, Dead):
             metrics.DEAD_LETTERS.inc()

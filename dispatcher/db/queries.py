@@ -267,9 +267,11 @@ claimed AS (
     SET status = 'in_flight', attempts = d.attempts + 1, lease_expires_at = $6
     FROM picked
     WHERE d.id = picked.id
-    RETURNING d.id, d.event_id, d.endpoint_id, d.attempts
+    RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.replayed_at, d.attempts_before_replay
 )
 SELECT c.id, c.event_id, c.endpoint_id, c.attempts, ev.event_type, ev.created_at AS event_created_at,
+       COALESCE(c.replayed_at, ev.created_at) AS age_origin,
+       c.attempts - c.attempts_before_replay AS schedule_attempt,
        ev.body, ep.url, ep.standard_webhooks,
        ARRAY(SELECT s.secret FROM endpoint_secrets s
              WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)

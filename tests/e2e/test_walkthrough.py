@@ -59,7 +59,7 @@ async def _until_ready(base: str, server: subprocess.Popen[bytes]) -> None:
                         return
             except aiohttp.ClientError:
                 pass
-            await asyncio.sleep(0.1)  # noqa: ASYNC110 - waiting for another process
+            await asyncio.sleep(0.1)
 
 
 @pytest.mark.timeout(180)
@@ -68,7 +68,7 @@ async def test_readme_walkthrough_on_the_embedded_database(tmp_path: Path, recei
     env = _env(tmp_path / "data", port)
     base = f"http://127.0.0.1:{port}"
     with (tmp_path / "serve.log").open("wb") as log:
-        server = subprocess.Popen(
+        server = subprocess.Popen(  # noqa: ASYNC220 - a test starting the service
             [sys.executable, "-m", "dispatcher.cli", "serve", "--migrate"],
             env=env,
             stdout=log,

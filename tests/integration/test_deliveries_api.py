@@ -253,12 +253,6 @@ async def test_replay_validation_and_disabled_endpoint(
     assert await world.statuses(endpoint) == ["dead"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the worker to take coalesce(replayed_at, event created_at) as the max-age "
-    "origin and attempts - attempts_before_replay as the backoff attempt (see "
-    "migrations/002_replay.sql); remove this mark when it does",
-)
 async def test_replayed_delivery_gets_a_fresh_retry_window(
     world: Any, api: Client, acme: TenantKeys
 ) -> None:
