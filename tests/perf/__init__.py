@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m tests.perf`); not part of the test run."""

@@ -1,0 +1,586 @@
+"""Benchmark: `python -m tests.perf [--runs 3] [--events 5000] [--json out.json]`.
+
+Starts everything itself on this machine (embedded PostgreSQL, `dispatcher api` and
+`dispatcher worker` processes, a receiver process) and prints one JSON object and a Markdown
+table. Every figure is the median of `--runs` runs with its min-max range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+from dispatcher.db.embedded import embedded_postgres
+from dispatcher.db.migrate import migrate
+from dispatcher.db.pool import create_pool
+from dispatcher.models import Environment, Principal
+from dispatcher.queue import QueueLimits, claim
+from dispatcher.store import endpoints as endpoint_store
+from dispatcher.store import tenants
+
+TOKEN = "bench-platform-token"
+CONCURRENCY = 64
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SAMPLE_BODY = orjson.dumps(
+    {
+        "data": {"mailing_id": "ml_01JD3K7ZQ2W8R4T6Y1U3I5O7P9", "status": "created"},
+        "event_id": "evt_01JD3K8Q6Z4X7V2N9M5B1C0A8E",
+        "event_type": "mailing.created",
+        "occurred_at": "2026-05-11T08:42:13Z",
+    },
+    option=orjson.OPT_SORT_KEYS,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        with log.open("ab") as sink:
+            self.p = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+    def rss_peak_mb(self) -> float:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    async def stop(self, grace: float = 10) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            for _ in range(int(grace * 20)):
+                if self.p.poll() is not None:
+                    return
+                await asyncio.sleep(0.05)
+            self.p.kill()
+            self.p.wait()
+
+
+class Bench:
+    def __init__(self, tmp: Path, url: str, runs: int, events: int) -> None:
+        self.tmp = tmp
+        self.url = url
+        self.runs = runs
+        self.events = events
+        self.pool: asyncpg.Pool
+        self.http: aiohttp.ClientSession
+        self.api_port = free_port()
+        self.recv_port = free_port()
+        self.procs: list[Proc] = []
+        self.tenants: dict[str, str] = {}
+        self.seq = 0
+
+    # ---- processes ------------------------------------------------------------------------
+
+    def env(self, **extra: Any) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+        env.update(
+            DISPATCHER_DATABASE_URL=self.url,
+            DISPATCHER_PLATFORM_TOKEN=TOKEN,
+            DISPATCHER_ALLOW_PRIVATE_TARGETS="true",
+            DISPATCHER_PORT=str(self.api_port),
+            DISPATCHER_SHUTDOWN_GRACE_SECONDS="1",
+            DISPATCHER_DB_POOL_MAX_SIZE="20",
+        )
+        env.update({f"DISPATCHER_{k.upper()}": str(v) for k, v in extra.items()})
+        return env
+
+    def spawn(self, *args: str, **extra: Any) -> Proc:
+        proc = Proc(list(args), self.env(**extra), self.tmp / "processes.log")
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, **extra: Any) -> Proc:
+        return self.spawn(sys.executable, "-m", "dispatcher.cli", "worker", **extra)
+
+    async def until(self, check: Callable[[], Awaitable[bool]], limit: float = 120) -> None:
+        async with asyncio.timeout(limit):
+            while not await check():  # noqa: ASYNC110 - polling other processes
+                await asyncio.sleep(0.02)
+
+    async def listening_workers(self) -> int:
+        n: int = await self.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+        )
+        return n
+
+    async def start_workers(self, count: int = 1, **extra: Any) -> list[Proc]:
+        before = await self.listening_workers()
+        started = [self.worker(**extra) for _ in range(count)]
+
+        async def ready() -> bool:
+            return await self.listening_workers() >= before + count
+
+        await self.until(ready, 60)
+        return started
+
+    async def setup(self) -> None:
+        self.pool = await create_pool(self.url, min_size=2, max_size=8)
+        async with self.pool.acquire() as conn:
+            await migrate(conn)
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        self.spawn(sys.executable, "-m", "tests.perf.receiver", "--port", str(self.recv_port))
+        self.spawn(sys.executable, "-m", "dispatcher.cli", "api")
+
+        async def up() -> bool:
+            try:
+                async with (
+                    self.http.get(f"http://127.0.0.1:{self.api_port}/readyz") as r1,
+                    self.http.get(self.recv("_stats")) as r2,
+                ):
+                    return r1.status == 200 and r2.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await self.until(up, 60)
+        for name, paths in {
+            "sustained": ["s1", "s2", "s3"],
+            "latency": ["l1"],
+            "isolation": ["i1", "dead"],
+            "ingest": [],
+        }.items():
+            self.tenants[name] = await self.tenant(name, paths)
+
+    async def tenant(self, name: str, paths: list[str]) -> str:
+        now = datetime.now(UTC)
+        async with self.pool.acquire() as conn:
+            tenant, _ = await tenants.create_tenant(conn, name, now)
+            owner = Principal(tenant.id, Environment.SANDBOX, "bench")  # type: ignore[arg-type]
+            for path in paths:
+                await endpoint_store.create_endpoint(
+                    conn, owner, url=self.recv(path), event_types=["*"], secret=SECRET, now=now
+                )
+        return tenant.id
+
+    def recv(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.recv_port}/{path}"
+
+    async def reset(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute("TRUNCATE attempts, deliveries, events, mailings, idempotency_keys")
+            await conn.execute(
+                "UPDATE endpoints SET in_flight = 0, consecutive_failures = 0,"
+                " circuit_open_until = NULL"
+            )
+            await conn.execute("VACUUM ANALYZE deliveries")
+        async with self.http.post(self.recv("_reset")) as r:
+            r.raise_for_status()
+
+    async def stop_all_workers(self) -> None:
+        api_and_receiver = self.procs[:2]
+        for p in self.procs[2:]:
+            await p.stop(grace=3)
+        self.procs = api_and_receiver
+
+    # ---- load -----------------------------------------------------------------------------
+
+    async def ingest_batch(self, tenant: str, count: int) -> tuple[float, list[str]]:
+        self.seq += 1
+        items = [
+            {
+                "mailing_id": f"ml_{self.seq}_{i}",
+                "tenant_id": tenant,
+                "environment": "sandbox",
+                "status": "created",
+            }
+            for i in range(count)
+        ]
+        sent = time.time()
+        async with self.http.post(
+            f"http://127.0.0.1:{self.api_port}/internal/v1/transitions",
+            data=orjson.dumps({"transitions": items}),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        ) as r:
+            body = await r.json(loads=orjson.loads)
+            if r.status != 200:
+                raise RuntimeError(f"batch ingest failed: {r.status} {body}")
+        return sent, [x["event_id"] for x in body["results"]]
+
+    async def ingest(self, tenant: str, events: int, parallel: int = 2) -> None:
+        remaining = list(range(0, events, 1000))
+
+        async def lane() -> None:
+            while remaining:
+                start = remaining.pop()
+                await self.ingest_batch(tenant, min(1000, events - start))
+
+        await asyncio.gather(*(lane() for _ in range(parallel)))
+
+    async def received(self) -> int:
+        async with self.http.get(self.recv("_stats")) as r:
+            counts: dict[str, int] = await r.json(loads=orjson.loads)
+        return sum(v for k, v in counts.items() if k != "dead")
+
+    async def arrivals(self) -> list[tuple[str, str, float]]:
+        async with self.http.get(self.recv("_dump")) as r:
+            data: list[tuple[str, str, float]] = await r.json(loads=orjson.loads)
+        return data
+
+    async def wait_received(self, expected: int, limit: float = 300) -> None:
+        async def done() -> bool:
+            return await self.received() >= expected
+
+        await self.until(done, limit)
+
+    # ---- scenarios ------------------------------------------------------------------------
+
+    async def ceiling(self) -> float:
+        body = SAMPLE_BODY
+        total = self.events * 3
+        queue = iter(range(total))
+        await self.reset()
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONCURRENCY + 16)
+        ) as session:
+
+            async def lane() -> None:
+                for _ in queue:
+                    async with session.post(
+                        self.recv("c"),
+                        data=body,
+                        headers={"Content-Type": "application/json", "X-Event-Id": "evt_x"},
+                    ) as r:
+                        await r.read()
+
+            start = time.perf_counter()
+            await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
+            return total / (time.perf_counter() - start)
+
+    async def sustained(self) -> float:
+        await self.reset()
+        await self.start_workers()
+        start = time.time()
+        await self.ingest(self.tenants["sustained"], self.events)
+        await self.wait_received(3 * self.events)
+        last = max(t for _, _, t in await self.arrivals())
+        await self.stop_all_workers()
+        return 3 * self.events / (last - start)
+
+    async def dispatch_only(self, workers: int = 1) -> tuple[float, int]:
+        await self.reset()
+        await self.ingest(self.tenants["sustained"], self.events)
+        await self.start_workers(workers)
+        await self.wait_received(3 * self.events)
+        await asyncio.sleep(0.5)
+        got = await self.arrivals()
+        await self.stop_all_workers()
+        times = [t for _, _, t in got]
+        duplicates = len(got) - len({(n, e) for n, e, _ in got})
+        return 3 * self.events / (max(times) - min(times)), duplicates
+
+    async def latency(self, rate: int, tenant: str, seconds: float = 5) -> dict[str, float]:
+        await self.reset()
+        await self.start_workers()
+        ticks = int(seconds * 100)
+        per_tick = max(1, rate // 100)
+        sent_at: dict[str, float] = {}
+        tasks = []
+        t0 = time.perf_counter()
+
+        async def fire() -> None:
+            sent, ids = await self.ingest_batch(tenant, per_tick)
+            for event_id in ids:
+                sent_at[event_id] = sent
+
+        for k in range(ticks):
+            delay = t0 + k / 100 - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(fire()))
+        await asyncio.gather(*tasks)
+        await self.wait_received(len(sent_at), limit=120)
+        got = await self.arrivals()
+        await self.stop_all_workers()
+        first: dict[str, float] = {}
+        for name, event_id, t in got:
+            if name != "dead" and event_id in sent_at:
+                first[event_id] = min(t, first.get(event_id, t))
+        lat = [(first[e] - sent_at[e]) * 1000 for e in first]
+        return {"p50_ms": quantile(lat, 0.5), "p99_ms": quantile(lat, 0.99), "max_ms": max(lat)}
+
+    async def ingest_rates(self) -> dict[str, float]:
+        await self.reset()
+        tenant = self.tenants["ingest"]
+        start = time.perf_counter()
+        await self.ingest(tenant, self.events * 2, parallel=2)
+        batch = self.events * 2 / (time.perf_counter() - start)
+        single_n = max(1000, self.events // 2)
+        counter = iter(range(single_n))
+        self.seq += 1
+        run = self.seq
+
+        async def lane() -> None:
+            for i in counter:
+                async with self.http.post(
+                    f"http://127.0.0.1:{self.api_port}/internal/v1/mailings/ms_{run}_{i}/transitions",
+                    data=orjson.dumps(
+                        {"tenant_id": tenant, "environment": "sandbox", "status": "created"}
+                    ),
+                    headers={
+                        "Authorization": f"Bearer {TOKEN}",
+                        "Content-Type": "application/json",
+                    },
+                ) as r:
+                    if r.status != 202:
+                        raise RuntimeError(f"single ingest failed: {r.status}")
+                    await r.read()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(32)))
+        single = single_n / (time.perf_counter() - start)
+        return {"batch_per_s": batch, "single_per_s": single}
+
+    async def prefill(self, pending: int) -> None:
+        """`pending` deliveries spread over 1000 endpoints, written by SQL."""
+        await self.reset()
+        async with self.pool.acquire() as conn:
+            tenant = self.tenants.get("backlog")
+            if tenant is None:
+                tenant = await self.tenant("backlog", [])
+                self.tenants["backlog"] = tenant
+                now = datetime.now(UTC)
+                await conn.execute(
+                    """INSERT INTO endpoints (id, tenant_id, environment, url, event_types,
+                                              created_at, updated_at)
+                       SELECT 'ep_b' || g, $1, 'sandbox', $2, ARRAY['*'], $3, $3
+                       FROM generate_series(1, 1000) g""",
+                    tenant,
+                    self.recv("b"),
+                    now,
+                )
+                await conn.execute(
+                    """INSERT INTO endpoint_secrets (endpoint_id, secret, created_at)
+                       SELECT 'ep_b' || g, $1, $2 FROM generate_series(1, 1000) g""",
+                    SECRET,
+                    now,
+                )
+            events = pending // 1000
+            now = datetime.now(UTC)
+            body = SAMPLE_BODY
+            await conn.execute(
+                """INSERT INTO events (id, tenant_id, environment, event_type, mailing_id,
+                                       occurred_at, created_at, body)
+                   SELECT 'evt_b' || g, $1, 'sandbox', 'mailing.created', 'ml_b' || g, $2, $2, $3
+                   FROM generate_series(1, $4) g""",
+                tenant,
+                now,
+                body,
+                events,
+            )
+            await conn.execute(
+                """INSERT INTO deliveries (event_id, endpoint_id, next_attempt_at, created_at)
+                   SELECT 'evt_b' || g, 'ep_b' || e, $1, $1
+                   FROM generate_series(1, $2) g, generate_series(1, 1000) e""",
+                now,
+                events,
+            )
+            await conn.execute("VACUUM ANALYZE deliveries")
+
+    async def claim_latency_ms(self, samples: int = 30) -> float:
+        limits = QueueLimits(endpoint_concurrency=16)
+        timings = []
+        async with self.pool.acquire() as conn:
+            for _ in range(samples):
+                tr = conn.transaction()
+                await tr.start()
+                start = time.perf_counter()
+                jobs = await claim(conn, datetime.now(UTC), 64, limits)
+                timings.append((time.perf_counter() - start) * 1000)
+                await tr.rollback()
+                assert len(jobs) == 64
+        return statistics.median(timings)
+
+    async def backlog(self, pending: int) -> dict[str, float]:
+        await self.prefill(pending)
+        claim_ms = await self.claim_latency_ms()
+        (worker,) = await self.start_workers()
+        target = min(20_000, pending)
+        await self.wait_received(target)
+        got = await self.arrivals()
+        rss = worker.rss_peak_mb()
+        await self.stop_all_workers()
+        times = sorted(t for _, _, t in got)[:target]
+        rate = target / (times[-1] - times[0])
+        return {"claim_ms": claim_ms, "deliveries_per_s": rate, "worker_peak_rss_mb": rss}
+
+    async def close(self) -> None:
+        for p in self.procs:
+            await p.stop(grace=5)
+        await self.http.close()
+        await self.pool.close()
+
+
+def _latency_run(bench: Bench, rate: int, tenant: str) -> Callable[[], Awaitable[Any]]:
+    return lambda: bench.latency(rate, bench.tenants[tenant])
+
+
+def _backlog_run(bench: Bench, pending: int) -> Callable[[], Awaitable[Any]]:
+    return lambda: bench.backlog(pending)
+
+
+async def repeat(runs: int, fn: Callable[[], Awaitable[Any]]) -> list[Any]:
+    return [await fn() for _ in range(runs)]
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = ["| scenario | median | min-max | vs ceiling | target |", "|---|---|---|---|---|"]
+    for name, item in results["figures"].items():
+        ratio = f"{item['ratio']:.2f}" if "ratio" in item else ""
+        rows.append(
+            f"| {name} | {item['median']:.1f} {item['unit']} | {item['min']:.1f}-{item['max']:.1f}"
+            f" | {ratio} | {item.get('target', '')} |"
+        )
+    return "\n".join(rows)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory(prefix="dispatcher-bench-") as tmp,
+        embedded_postgres(Path(tmp)) as url,
+    ):
+        bench = Bench(Path(tmp), url, args.runs, args.events)
+        await bench.setup()
+        figures: dict[str, Any] = {}
+
+        def put(
+            name: str,
+            values: list[float],
+            unit: str,
+            target: str = "",
+            ceiling: float | None = None,
+        ) -> None:
+            item: dict[str, Any] = {**summary(values), "unit": unit, "target": target}
+            if ceiling:
+                item["ratio"] = item["median"] / ceiling
+            figures[name] = item
+            print(
+                f"  {name}: {item['median']:.1f} {unit} ({item['min']:.1f}-{item['max']:.1f})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        try:
+            ceil = await repeat(args.runs, bench.ceiling)
+            put("ceiling (bare aiohttp client)", ceil, "req/s")
+            c = statistics.median(ceil)
+            put(
+                "sustained, ingest included",
+                await repeat(args.runs, bench.sustained),
+                "deliveries/s",
+                ">= 3000 and >= 0.40 x ceiling",
+                c,
+            )
+            one = await repeat(args.runs, lambda: bench.dispatch_only(1))
+            put(
+                "dispatch-only, 1 worker",
+                [x[0] for x in one],
+                "deliveries/s",
+                ">= 0.50 x ceiling",
+                c,
+            )
+            two = await repeat(args.runs, lambda: bench.dispatch_only(2))
+            put("dispatch-only, 2 workers", [x[0] for x in two], "deliveries/s", "no loss", c)
+            figures["duplicates (scale-out)"] = {
+                **summary([float(x[1]) for x in one + two]),
+                "unit": "",
+                "target": "0",
+            }
+            for rate in (200, 1000, 2000):
+                lats = await repeat(args.runs, _latency_run(bench, rate, "latency"))
+                targets = {200: ("", "<= 50"), 1000: ("<= 20", "<= 100"), 2000: ("", "")}[rate]
+                put(f"latency p50 @ {rate}/s", [x["p50_ms"] for x in lats], "ms", targets[0])
+                put(f"latency p99 @ {rate}/s", [x["p99_ms"] for x in lats], "ms", targets[1])
+                put(f"latency max @ {rate}/s", [x["max_ms"] for x in lats], "ms")
+            base_p99 = figures["latency p99 @ 1000/s"]["median"]
+            iso = await repeat(args.runs, lambda: bench.latency(1000, bench.tenants["isolation"]))
+            put(
+                "isolation: healthy p99 @ 1000/s, dead neighbour",
+                [x["p99_ms"] for x in iso],
+                "ms",
+                f"<= 2 x {base_p99:.1f}",
+            )
+            ing = await repeat(args.runs, bench.ingest_rates)
+            put("ingest, batch API", [x["batch_per_s"] for x in ing], "transitions/s", ">= 10000")
+            put("ingest, single API", [x["single_per_s"] for x in ing], "transitions/s", ">= 1500")
+            for pending in (10_000, 1_000_000):
+                b = await repeat(args.runs, _backlog_run(bench, pending))
+                put(
+                    f"claim latency, {pending:,} pending",
+                    [x["claim_ms"] for x in b],
+                    "ms",
+                    "1M <= 1.5 x 10k" if pending > 10_000 else "",
+                )
+                put(
+                    f"deliveries/s, {pending:,} pending",
+                    [x["deliveries_per_s"] for x in b],
+                    "deliveries/s",
+                )
+                put(
+                    f"worker peak RSS, {pending:,} pending",
+                    [x["worker_peak_rss_mb"] for x in b],
+                    "MB",
+                    "<= 150",
+                )
+        finally:
+            await bench.close()
+    return {
+        "machine": {"cores": os.cpu_count()},
+        "runs": args.runs,
+        "events": args.events,
+        "figures": figures,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.perf")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--events", type=int, default=5000, help="events per throughput run")
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    import uvloop
+
+    started = time.perf_counter()
+    results = uvloop.run(run(args))
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    print()
+    print(table(results))
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
