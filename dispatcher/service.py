@@ -22,6 +22,7 @@ from dispatcher.db.pool import database_url, open_pool
 from dispatcher.errors import ConfigError
 from dispatcher.gauges import refresh_gauges_forever
 from dispatcher.listener import Listener
+from dispatcher.metrics_server import metrics_listener
 from dispatcher.sender import delivery_session
 from dispatcher.settings import Settings
 from dispatcher.worker import Worker, WorkerConfig
@@ -101,6 +102,13 @@ async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: b
                     (refresh_gauges_forever(pool), "gauges"),
                 ):
                     _ = await stack.enter_async_context(background(coro, name))
+                if not api:  # the API port serves /metrics otherwise
+                    configured = "metrics_port" in settings.model_fields_set
+                    await stack.enter_async_context(
+                        metrics_listener(
+                            settings.host, settings.metrics_port, pool, required=configured
+                        )
+                    )
                 worker_task = asyncio.create_task(runner.run(), name="worker")
             if api:
                 await stack.enter_async_context(api_role(settings, pool, services))

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # /metrics, /healthz and /readyz of a worker-only process (no API port); 0 turns it off
+    metrics_port: int = Field(default=8081, ge=0, le=65535)
     platform_token: SecretStr | None = None
 
     allow_private_targets: bool = False

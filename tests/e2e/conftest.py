@@ -55,6 +55,7 @@ def process_env(database_url: str, **settings: Any) -> dict[str, str]:
     env["DISPATCHER_DATABASE_URL"] = database_url
     env["DISPATCHER_ALLOW_PRIVATE_TARGETS"] = "true"
     env["DISPATCHER_LOG_FORMAT"] = "json"
+    env["DISPATCHER_METRICS_PORT"] = "0"  # several workers share the host; tests opt in
     for key, value in settings.items():
         env[f"DISPATCHER_{key.upper()}"] = str(value)
     return env
