@@ -38,6 +38,7 @@ class Target:
     url: URL
     authorization: str | None
     host: str
+    blocked_literal: str | None  # the host, when it is an IP literal in a blocked range
 
 
 @lru_cache(maxsize=4096)
@@ -48,7 +49,10 @@ def parse_target(url: str) -> Target:
         pair = f"{parsed.user}:{parsed.password or ''}".encode()
         authorization = "Basic " + base64.b64encode(pair).decode("ascii")
         parsed = parsed.with_user(None).with_password(None)
-    return Target(parsed, authorization, parsed.host or "")
+    host = parsed.host or ""
+    literal = parse_ip_literal(host)
+    blocked = str(literal) if literal is not None and is_blocked_ip(literal) else None
+    return Target(parsed, authorization, host, blocked)
 
 
 def delivery_headers(
@@ -117,10 +121,14 @@ async def send(
     """POST once; never follows redirects; reads at most 1 KiB of what the receiver says."""
     target = parse_target(url)
     start = time.perf_counter()
-    literal = parse_ip_literal(target.host)
-    if literal is not None and not allow_private and is_blocked_ip(literal):
+    if target.blocked_literal is not None and not allow_private:
         return AttemptResult(
-            Outcome.BLOCKED_ADDRESS, None, 0.0, f"BlockedAddress: {literal}", None, None
+            Outcome.BLOCKED_ADDRESS,
+            None,
+            0.0,
+            f"BlockedAddress: {target.blocked_literal}",
+            None,
+            None,
         )
     if target.authorization is not None:
         headers = {**headers, "Authorization": target.authorization}

@@ -101,85 +101,66 @@ class SettleReport:
     opened_circuits: dict[str, datetime]
 
 
-def _endpoint_tallies(
-    settled: list[Settlement], released: set[int]
-) -> tuple[list[str], list[int], list[bool], list[int]]:
-    """Per endpoint: slots to free, and the failure streak as of its last attempt in the batch."""
-    slots: dict[str, int] = defaultdict(int)
-    reset: dict[str, bool] = defaultdict(bool)
+def _endpoint_tallies(settled: list[Settlement]) -> tuple[list[str], list[bool], list[int]]:
+    """Per endpoint: the failure streak as of its last attempt in the batch."""
+    reset: dict[str, bool] = {}
     fails: dict[str, int] = defaultdict(int)
     for s in sorted(settled, key=lambda s: s.started_at):
         ep = s.job.endpoint_id
-        if s.job.delivery_id in released:
-            slots[ep] += 1
+        reset.setdefault(ep, False)
         if not s.attempted:
             continue
         if s.succeeded:
             reset[ep], fails[ep] = True, 0
         else:
             fails[ep] += 1
-    endpoints = sorted(set(slots) | set(fails) | set(reset))
-    return (
-        endpoints,
-        [slots[e] for e in endpoints],
-        [reset[e] for e in endpoints],
-        [fails[e] for e in endpoints],
-    )
+    endpoints = sorted(reset)
+    return endpoints, [reset[e] for e in endpoints], [fails[e] for e in endpoints]
 
 
 async def settle(
     conn: asyncpg.Connection, settled: list[Settlement], now: datetime, limits: QueueLimits
 ) -> SettleReport:
-    """Record attempts and outcomes in a handful of statements, whatever the batch size."""
+    """Record attempts and outcomes in one statement, whatever the batch size."""
     if not settled:
         return SettleReport(0, {})
     tried = [s for s in settled if s.attempted]
-    async with conn.transaction():
-        await conn.execute(
-            q.INSERT_ATTEMPTS,
-            [s.job.delivery_id for s in tried],
-            [s.job.attempt for s in tried],
-            [s.started_at for s in tried],
-            [s.duration_ms for s in tried],
-            [s.outcome for s in tried],
-            [s.status_code for s in tried],
-            [s.error for s in tried],
-            [s.response_body for s in tried],
-        )
-        rows = await conn.fetch(
-            q.COMPLETE_DELIVERIES,
-            [s.job.delivery_id for s in settled],
-            [s.job.attempt for s in settled],
-            [s.status.value for s in settled],
-            [s.next_attempt_at for s in settled],
-            [now if s.status != DeliveryStatus.PENDING else None for s in settled],
-            [s.status_code for s in settled],
-            [s.outcome for s in settled],
-        )
-        released = {r["id"] for r in rows}
-        endpoints, slots, reset, fails = _endpoint_tallies(settled, released)
-        await conn.execute(q.LOCK_ENDPOINTS, endpoints)
-        opened = await conn.fetch(
-            q.SETTLE_ENDPOINTS,
-            endpoints,
-            slots,
-            reset,
-            fails,
-            now,
-            limits.breaker_threshold,
-            limits.breaker_open_seconds,
-            limits.breaker_max_open_seconds,
-        )
-        circuits = {r["id"]: r["circuit_open_until"] for r in opened if r["circuit_open_until"]}
-        if circuits:
-            await conn.execute(q.POSTPONE_DELIVERIES, list(circuits), list(circuits.values()))
-        for s in settled:
-            if s.disable_endpoint and s.job.delivery_id in released:
+    endpoints, reset, fails = _endpoint_tallies(settled)
+    rows = await conn.fetch(
+        q.SETTLE,
+        [s.job.delivery_id for s in tried],
+        [s.job.attempt for s in tried],
+        [s.started_at for s in tried],
+        [s.duration_ms for s in tried],
+        [s.outcome for s in tried],
+        [s.status_code for s in tried],
+        [s.error for s in tried],
+        [s.response_body for s in tried],
+        [s.job.delivery_id for s in settled],
+        [s.job.attempt for s in settled],
+        [s.status.value for s in settled],
+        [s.next_attempt_at for s in settled],
+        [now if s.status != DeliveryStatus.PENDING else None for s in settled],
+        [s.status_code for s in settled],
+        [s.outcome for s in settled],
+        endpoints,
+        reset,
+        fails,
+        now,
+        limits.breaker_threshold,
+        limits.breaker_open_seconds,
+        limits.breaker_max_open_seconds,
+    )
+    circuits = {r["id"]: r["circuit_open_until"] for r in rows if r["circuit_open_until"]}
+    gone = sorted({s.job.endpoint_id for s in settled if s.disable_endpoint})
+    if gone:
+        async with conn.transaction():
+            for endpoint_id in gone:
                 await conn.execute(
-                    q.DISABLE_ENDPOINT, s.job.endpoint_id, "endpoint answered 410 Gone", now
+                    q.DISABLE_ENDPOINT, endpoint_id, "endpoint answered 410 Gone", now
                 )
-                await conn.execute(q.CANCEL_PENDING_DELIVERIES, s.job.endpoint_id, now)
-    return SettleReport(len(released), circuits)
+                await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
+    return SettleReport(rows[0]["settled"] if rows else 0, circuits)
 
 
 async def release(conn: asyncpg.Connection, jobs: list[Job]) -> int:

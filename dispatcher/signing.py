@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -79,7 +80,13 @@ def sign_sha256_body(secret: str, body: bytes) -> str:
     Hence: parse with the stdlib (exactly as a Python receiver does) and sign the
     sorted-key re-serialization. Receivers wanting raw-body integrity use the v1 header.
     """
-    return sign_sorted_key_sha256(secret, json.loads(body))
+    return "sha256=" + _hmac_sha256(secret.encode("utf-8"), _sorted_key_form(body)).hex()
+
+
+@lru_cache(maxsize=256)
+def _sorted_key_form(body: bytes) -> bytes:
+    """One event goes to several endpoints and attempts: re-serialize its body once."""
+    return json.dumps(json.loads(body), sort_keys=True).encode("utf-8")
 
 
 def _standard_webhooks_key(secret: str) -> bytes:

@@ -19,14 +19,24 @@ import asyncpg
 from dispatcher import metrics
 from dispatcher.attempt import AttemptResult, delivery_headers, send, unix_seconds
 from dispatcher.clock import Clock, SystemClock
+from dispatcher.db.pool import DB_ERRORS
 from dispatcher.models import DeliveryStatus
 from dispatcher.policy import Dead, Disable, Done, Outcome, Retry, RetryPolicy
-from dispatcher.queue import Job, QueueLimits, Settlement, claim, reclaim_expired, release, settle
+from dispatcher.queue import (
+    Job,
+    QueueLimits,
+    Settlement,
+    claim,
+    next_due,
+    reclaim_expired,
+    release,
+    settle,
+)
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DB_ERRORS = DB_ERRORS
 
 
 @dataclass
@@ -194,7 +204,9 @@ class Worker:
             metrics.EVENT_LATENCY.observe(max((now - job.event_created_at).total_seconds(), 0))
         elif isinstance(decision, Dead):
             metrics.DEAD_LETTERS.inc()
-        log.info(
+        # every failure at INFO; successes at DEBUG (the attempts table keeps them all)
+        log.log(
+            logging.DEBUG if isinstance(decision, Done) else logging.INFO,
             "delivery attempt",
             extra={
                 "event_id": job.event_id,
@@ -204,6 +216,7 @@ class Worker:
                 "outcome": result.outcome.value,
                 "status_code": result.status_code,
                 "duration_ms": round(result.duration_ms, 2),
+                "error_class": result.error,
             },
         )
 
@@ -242,15 +255,15 @@ class Worker:
     async def _claim_loop(self) -> None:
         last_reclaim = 0.0
         loop = asyncio.get_running_loop()
+        # claim in worthwhile batches: one query per freed slot would cost more than the POST
+        min_claim = max(1, min(self._config.batch_size, self._config.concurrency) // 4)
         while not self._stopping.is_set():
-            timeout = self._config.poll_interval_seconds
             if loop.time() - last_reclaim >= self._config.reclaim_interval_seconds:
                 last_reclaim = loop.time()
                 await self._reclaim()
             free = self._config.concurrency - len(self._tasks)
             want = min(free, self._config.batch_size)
-            if want > 0:
-                self._wake.clear()
+            if want >= min_claim or not self._tasks:
                 jobs = await self._claim(want)
                 for job in jobs:
                     task = asyncio.create_task(self._run_job(job))
@@ -258,14 +271,33 @@ class Worker:
                 if len(jobs) == want:
                     await asyncio.sleep(0)
                     continue
-                if jobs:
-                    timeout = min(timeout, 0.05)
+            timeout = self._config.poll_interval_seconds
+            if not self._tasks:
+                timeout = await self._until_next_due(timeout)
             await self._idle(timeout)
 
     async def _idle(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
+        """Wait for a wake-up (NOTIFY, freed slot, settled batch) or the timer."""
+        try:
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._wake.clear()
+
+    async def _until_next_due(self, longest: float) -> float:
+        """Sleep no longer than until the next scheduled retry, so retries are on time."""
+        try:
+            async with self._pool.acquire() as conn:
+                due = await next_due(conn)
+        except _DB_ERRORS:
+            return longest
+        if due is None:
+            return longest
+        wait = (due - self._clock.now()).total_seconds()
+        # due already but not claimable (endpoint at its cap, elsewhere): a settle frees it
+        return min(longest, wait) if wait > 0 else min(longest, 0.25)
 
     async def _claim(self, want: int) -> list[Job]:
         try:

@@ -12,6 +12,15 @@ import orjson
 from dispatcher.db.embedded import embedded_postgres
 from dispatcher.settings import Settings
 
+# The database, or the connection to it, failed: worth retrying once the server is back.
+DB_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # a pooled connection the server dropped mid-operation can surface as this (asyncpg 0.32)
+    asyncpg.exceptions.InternalClientError,
+)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
@@ -22,12 +31,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset round trip on every release: no session state is ever left
+    behind (transactions are scoped, LISTEN uses its own connection, advisory locks are
+    transaction-level or released explicitly)."""
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_no_reset,
         command_timeout=60,
     )
     return pool

@@ -281,62 +281,88 @@ JOIN events ev ON ev.id = c.event_id
 JOIN endpoints ep ON ep.id = c.endpoint_id
 """
 
-# $1 delivery_ids, $2 attempts, $3 started_ats, $4 durations_ms, $5 outcomes, $6 status_codes,
-# $7 errors, $8 response bodies (parallel arrays)
-INSERT_ATTEMPTS = """
-INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status_code, error,
-                      response_body)
-SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::float8[], $5::text[],
-                     $6::int[], $7::text[], $8::text[])
-"""
-
-# $1 delivery_ids, $2 attempts (fencing: a reclaimed lease has a newer attempt number),
-# $3 new statuses, $4 next_attempt_ats, $5 completed_ats, $6 status_codes, $7 outcomes
-# -> the rows that really left in_flight, so the endpoint counters stay exact
-COMPLETE_DELIVERIES = """
-UPDATE deliveries d
-SET status = u.status, next_attempt_at = u.next_at, completed_at = u.completed_at,
-    lease_expires_at = NULL, last_status_code = u.code, last_outcome = u.outcome
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-            $6::int[], $7::text[]) AS u (id, attempt, status, next_at, completed_at, code, outcome)
-WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt
-RETURNING d.id, d.endpoint_id
+# Settles a batch of attempts in ONE statement (one round trip, no transaction held open by
+# the busy worker): records the attempts, moves the deliveries on (fenced by attempt number:
+# a lease reclaimed meanwhile has a newer one), frees the endpoints' slots (locked in id
+# order, like the claim, so the two never deadlock), updates their failure streaks, opens
+# circuits, and postpones the backlog of endpoints whose circuit just opened.
+# Attempts: $1 delivery_ids, $2 attempt numbers, $3 started_ats, $4 durations_ms, $5 outcomes,
+#   $6 status_codes, $7 errors, $8 response bodies (only the attempts actually made).
+# Deliveries: $9 ids, $10 attempt numbers, $11 new statuses, $12 next_attempt_ats,
+#   $13 completed_ats, $14 status codes, $15 outcomes.
+# Endpoints: $16 ids, $17 reset (a success came last), $18 failures after the last success.
+# $19 now, $20 breaker threshold, $21 base open seconds, $22 max open seconds.
+# -> one row per endpoint: its id, and until when its circuit is open (or NULL)
+SETTLE = """
+WITH streaks AS (
+    SELECT p.id, p.reset, p.fails,
+           CASE WHEN p.reset THEN p.fails ELSE e.consecutive_failures + p.fails END AS failures
+    FROM unnest($16::text[], $17::bool[], $18::int[]) AS p (id, reset, fails)
+    JOIN endpoints e ON e.id = p.id
+),
+opened AS (
+    SELECT id, CASE WHEN failures >= $20::int
+                    THEN $19::timestamptz + make_interval(secs => LEAST(
+                         $21::float8 * power(2, LEAST(failures - $20::int, 20)), $22::float8))
+               END AS until
+    FROM streaks
+),
+recorded AS (
+    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status_code,
+                          error, response_body)
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::float8[], $5::text[],
+                         $6::int[], $7::text[], $8::text[])
+),
+settled AS (
+    UPDATE deliveries d
+    SET status = u.status,
+        next_attempt_at = CASE WHEN u.status = 'pending'
+            THEN GREATEST(u.next_at, COALESCE((SELECT o.until FROM opened o
+                                               WHERE o.id = d.endpoint_id), u.next_at))
+            ELSE u.next_at END,
+        completed_at = u.completed_at, lease_expires_at = NULL,
+        last_status_code = u.code, last_outcome = u.outcome
+    FROM unnest($9::bigint[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[],
+                $14::int[], $15::text[]) AS u (id, attempt, status, next_at, completed_at, code, outcome)
+    WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt
+    RETURNING d.endpoint_id
+),
+released AS (
+    SELECT endpoint_id, count(*)::int AS n FROM settled GROUP BY endpoint_id
+),
+locked AS (
+    SELECT e.id FROM endpoints e WHERE e.id IN (SELECT id FROM streaks) ORDER BY e.id FOR UPDATE
+),
+streak AS (
+    UPDATE endpoints e
+    -- from the row as locked (re-read under the lock), not the snapshot: no lost streak
+    SET in_flight = GREATEST(e.in_flight - COALESCE(r.n, 0), 0),
+        consecutive_failures = CASE WHEN s.reset THEN s.fails
+                                    ELSE e.consecutive_failures + s.fails END,
+        circuit_open_until = CASE
+            WHEN (CASE WHEN s.reset THEN s.fails ELSE e.consecutive_failures + s.fails END)
+                 >= $20::int
+            THEN $19::timestamptz + make_interval(secs => LEAST($21::float8 * power(2, LEAST(
+                 (CASE WHEN s.reset THEN s.fails ELSE e.consecutive_failures + s.fails END)
+                 - $20::int, 20)), $22::float8))
+            END
+    FROM streaks s
+    JOIN locked l ON l.id = s.id
+    LEFT JOIN released r ON r.endpoint_id = s.id
+    WHERE e.id = s.id
+    RETURNING e.id, e.circuit_open_until
+),
+postponed AS (
+    UPDATE deliveries d SET next_attempt_at = s.circuit_open_until
+    FROM streak s
+    WHERE s.circuit_open_until IS NOT NULL AND d.endpoint_id = s.id
+      AND d.status = 'pending' AND d.next_attempt_at < s.circuit_open_until
+)
+SELECT id, circuit_open_until, (SELECT count(*) FROM settled)::int AS settled FROM streak
 """
 
 # $1 endpoint_ids -> locks them in id order before their counters change
 LOCK_ENDPOINTS = "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
-
-# $1 endpoint_ids, $2 released counts, $3 reset (a success came last), $4 failures after the
-# last success, $5 now, $6 breaker threshold, $7 base open seconds, $8 max open seconds
-# -> endpoints whose circuit is now open, with until when
-SETTLE_ENDPOINTS = """
-WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::int[], $3::bool[], $4::int[])
-             AS u (id, released, reset, fails)
-),
-next AS (
-    SELECT e.id, u.released,
-           CASE WHEN u.reset THEN u.fails ELSE e.consecutive_failures + u.fails END AS failures
-    FROM endpoints e JOIN u ON u.id = e.id
-)
-UPDATE endpoints e
-SET in_flight = GREATEST(e.in_flight - next.released, 0),
-    consecutive_failures = next.failures,
-    circuit_open_until = CASE
-        WHEN next.failures >= $6::int THEN $5::timestamptz + make_interval(secs => LEAST(
-            $7::float8 * power(2, LEAST(next.failures - $6::int, 20)), $8::float8))
-        ELSE NULL END
-FROM next
-WHERE e.id = next.id
-RETURNING e.id, e.circuit_open_until
-"""
-
-# $1 endpoint_ids, $2 open_untils -> postpones their due deliveries while the circuit is open
-POSTPONE_DELIVERIES = """
-UPDATE deliveries d SET next_attempt_at = o.until
-FROM unnest($1::text[], $2::timestamptz[]) AS o (endpoint_id, until)
-WHERE d.endpoint_id = o.endpoint_id AND d.status = 'pending' AND d.next_attempt_at < o.until
-"""
 
 # $1 delivery_ids, $2 attempts -> hands unsent work back (shutdown); the attempt did not happen
 RELEASE_DELIVERIES = """

@@ -113,6 +113,9 @@ class Bench:
             DISPATCHER_PORT=str(self.api_port),
             DISPATCHER_SHUTDOWN_GRACE_SECONDS="1",
             DISPATCHER_DB_POOL_MAX_SIZE="20",
+            # the ceiling runs at CONCURRENCY requests in flight: let the worker do the same
+            DISPATCHER_WORKER_CONCURRENCY=str(CONCURRENCY),
+            DISPATCHER_ENDPOINT_CONCURRENCY=str(CONCURRENCY),
         )
         env.update({f"DISPATCHER_{k.upper()}": str(v) for k, v in extra.items()})
         return env
@@ -137,11 +140,10 @@ class Bench:
         return n
 
     async def start_workers(self, count: int = 1, **extra: Any) -> list[Proc]:
-        before = await self.listening_workers()
         started = [self.worker(**extra) for _ in range(count)]
 
         async def ready() -> bool:
-            return await self.listening_workers() >= before + count
+            return await self.listening_workers() >= count
 
         await self.until(ready, 60)
         return started
@@ -203,6 +205,11 @@ class Bench:
         for p in self.procs[2:]:
             await p.stop(grace=3)
         self.procs = api_and_receiver
+
+        async def gone() -> bool:
+            return await self.listening_workers() == 0
+
+        await self.until(gone, 30)
 
     # ---- load -----------------------------------------------------------------------------
 
