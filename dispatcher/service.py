@@ -21,6 +21,7 @@ from dispatcher.db.migrate import ensure_migrated, migrate
 from dispatcher.db.pool import database_url, open_pool
 from dispatcher.errors import ConfigError
 from dispatcher.gauges import refresh_gauges_forever
+from dispatcher.maintenance import maintain_forever
 from dispatcher.listener import Listener
 from dispatcher.metrics_server import metrics_listener
 from dispatcher.sender import delivery_session
@@ -100,6 +101,7 @@ async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: b
                 for coro, name in (
                     (listener.run(), "listener"),
                     (refresh_gauges_forever(pool), "gauges"),
+                    (maintain_forever(pool), "maintenance"),
                 ):
                     _ = await stack.enter_async_context(background(coro, name))
                 if not api:  # the API port serves /metrics otherwise
