@@ -21,8 +21,8 @@ from dispatcher.db.migrate import ensure_migrated, migrate
 from dispatcher.db.pool import database_url, open_pool
 from dispatcher.errors import ConfigError
 from dispatcher.gauges import refresh_gauges_forever
-from dispatcher.maintenance import maintain_forever
 from dispatcher.listener import Listener
+from dispatcher.maintenance import maintain_forever
 from dispatcher.metrics_server import metrics_listener
 from dispatcher.sender import delivery_session
 from dispatcher.settings import Settings
