@@ -210,45 +210,26 @@ async def _write(
     batch: _Batch,
     states: dict[tuple[str, str, str], _MailingState],
     now: datetime,
-) -> None:
-    await conn.execute(
-        q.INSERT_EVENTS,
+) -> int:
+    """Events, mailings, fan-out and NOTIFY in one round trip, whatever the batch size."""
+    changed = [(k, s) for k, s in states.items() if s.changed]
+    created: int = await conn.fetchval(
+        q.WRITE_EVENTS,
         batch.ids,
         batch.tenants,
         batch.environments,
         batch.types,
         batch.mailings,
         batch.occurred,
-        now,
         batch.bodies,
-    )
-    changed = [(k, s) for k, s in states.items() if s.changed]
-    await conn.execute(
-        q.UPSERT_MAILINGS,
+        now,
         [k[0] for k, _ in changed],
         [k[1] for k, _ in changed],
         [k[2] for k, _ in changed],
         [s.status.value for _, s in changed],
         [s.mail_type.value for _, s in changed],
         [s.event_id for _, s in changed],
-        now,
     )
-    await fan_out(conn, batch.ids, batch.tenants, batch.environments, batch.types, now)
-
-
-async def fan_out(
-    conn: asyncpg.Connection,
-    event_ids: list[str],
-    tenant_ids: list[str],
-    environments: list[str],
-    event_types: list[str],
-    now: datetime,
-) -> int:
-    """One INSERT .. SELECT for the whole batch, and one NOTIFY that fires on commit."""
-    status = await conn.execute(q.FAN_OUT, event_ids, tenant_ids, environments, event_types, now)
-    created = int(status.rsplit(" ", 1)[-1])
-    if created:
-        await conn.execute(q.NOTIFY_DELIVERIES)
     return created
 
 

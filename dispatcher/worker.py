@@ -45,7 +45,8 @@ class WorkerConfig:
     batch_size: int = 64
     attempt_timeout_seconds: float = 5.0
     poll_interval_seconds: float = 5.0
-    flush_interval_seconds: float = 0.005
+    # 0: settle as soon as results arrive; batches form while the previous settle runs
+    flush_interval_seconds: float = 0.0
     shutdown_grace_seconds: float = 10.0
     reclaim_interval_seconds: float = 5.0
     allow_private_targets: bool = False

@@ -179,39 +179,46 @@ JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (tenant_id, environment, ma
 JOIN events e ON e.id = m.last_event_id
 """
 
-# $1 ids, $2 tenant_ids, $3 environments, $4 event_types, $5 mailing_ids, $6 occurred_ats,
-# $7 created_at, $8 bodies (parallel arrays except $7)
-INSERT_EVENTS = """
-INSERT INTO events (id, tenant_id, environment, event_type, mailing_id, occurred_at, created_at, body)
-SELECT id, tenant_id, environment, event_type, mailing_id, occurred_at, $7, body
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-            $8::bytea[])
-     AS t (id, tenant_id, environment, event_type, mailing_id, occurred_at, body)
-"""
-
-# $1 tenant_ids, $2 environments, $3 mailing_ids, $4 statuses, $5 mail_types, $6 event_ids,
-# $7 updated_at. One row per mailing (the caller keeps only each mailing's last transition).
-UPSERT_MAILINGS = """
-INSERT INTO mailings (tenant_id, environment, mailing_id, status, mail_type, last_event_id, updated_at)
-SELECT tenant_id, environment, mailing_id, status, mail_type, event_id, $7
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-     AS t (tenant_id, environment, mailing_id, status, mail_type, event_id)
-ON CONFLICT (tenant_id, environment, mailing_id) DO UPDATE SET
-    status = EXCLUDED.status, mail_type = EXCLUDED.mail_type,
-    last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
-"""
-
-# $1 event_ids, $2 tenant_ids, $3 environments, $4 event_types, $5 now -> one delivery per
-# matching live endpoint; an endpoint whose circuit is open starts when it closes.
-FAN_OUT = """
-INSERT INTO deliveries (event_id, endpoint_id, next_attempt_at, created_at)
-SELECT ev.event_id, ep.id, GREATEST($5, COALESCE(ep.circuit_open_until, $5)), $5
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-     AS ev (event_id, tenant_id, environment, event_type)
-JOIN endpoints ep
-  ON ep.tenant_id = ev.tenant_id AND ep.environment = ev.environment
- AND ep.enabled AND ep.deleted_at IS NULL
- AND ep.event_types && ARRAY['*', split_part(ev.event_type, '.', 1) || '.*', ev.event_type]
+# Writes a batch of accepted transitions in ONE statement: the events, the mailings' new
+# status (one row per mailing: the caller keeps each mailing's last transition), and one
+# delivery per matching live endpoint (an endpoint whose circuit is open starts when it
+# closes); NOTIFYs the workers when there is anything to deliver (it fires on commit).
+# Events: $1 ids, $2 tenant_ids, $3 environments, $4 event_types, $5 mailing_ids,
+#   $6 occurred_ats, $7 bodies. $8 now (created_at, and when deliveries fall due).
+# Mailings: $9 tenant_ids, $10 environments, $11 mailing_ids, $12 statuses, $13 mail_types,
+#   $14 last event ids.
+# -> the number of deliveries created
+WRITE_EVENTS = """
+WITH new_events AS (
+    INSERT INTO events (id, tenant_id, environment, event_type, mailing_id, occurred_at,
+                        created_at, body)
+    SELECT id, tenant_id, environment, event_type, mailing_id, occurred_at, $8, body
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                $7::bytea[]) AS t (id, tenant_id, environment, event_type, mailing_id, occurred_at, body)
+    RETURNING id, tenant_id, environment, event_type
+),
+mailings_now AS (
+    INSERT INTO mailings (tenant_id, environment, mailing_id, status, mail_type, last_event_id, updated_at)
+    SELECT tenant_id, environment, mailing_id, status, mail_type, event_id, $8
+    FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+         AS t (tenant_id, environment, mailing_id, status, mail_type, event_id)
+    ON CONFLICT (tenant_id, environment, mailing_id) DO UPDATE SET
+        status = EXCLUDED.status, mail_type = EXCLUDED.mail_type,
+        last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+),
+fanned AS (
+    INSERT INTO deliveries (event_id, endpoint_id, next_attempt_at, created_at)
+    SELECT ev.id, ep.id, GREATEST($8, COALESCE(ep.circuit_open_until, $8)), $8
+    FROM new_events ev
+    JOIN endpoints ep
+      ON ep.tenant_id = ev.tenant_id AND ep.environment = ev.environment
+     AND ep.enabled AND ep.deleted_at IS NULL
+     AND ep.event_types && ARRAY['*', split_part(ev.event_type, '.', 1) || '.*', ev.event_type]
+    RETURNING 1
+),
+created AS (SELECT count(*)::int AS n FROM fanned)
+SELECT n, CASE WHEN n > 0 THEN pg_notify('dispatcher_deliveries', '') END AS notified
+FROM created
 """
 
 # wakes every listening worker; sent inside the ingest transaction, so it fires on commit

@@ -38,6 +38,10 @@ from dispatcher.store import tenants
 TOKEN = "bench-platform-token"
 CONCURRENCY = 64
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+# Throughput runs let the worker hold as many requests in flight as the ceiling's client,
+# whichever endpoint they go to. Latency and isolation runs keep the product defaults
+# (16 per endpoint, 64 per worker), which is what keeps a dead endpoint from taking every slot.
+THROUGHPUT = {"endpoint_concurrency": CONCURRENCY}
 SAMPLE_BODY = orjson.dumps(
     {
         "data": {"mailing_id": "ml_01JD3K7ZQ2W8R4T6Y1U3I5O7P9", "status": "created"},
@@ -113,9 +117,7 @@ class Bench:
             DISPATCHER_PORT=str(self.api_port),
             DISPATCHER_SHUTDOWN_GRACE_SECONDS="1",
             DISPATCHER_DB_POOL_MAX_SIZE="20",
-            # the ceiling runs at CONCURRENCY requests in flight: let the worker do the same
             DISPATCHER_WORKER_CONCURRENCY=str(CONCURRENCY),
-            DISPATCHER_ENDPOINT_CONCURRENCY=str(CONCURRENCY),
         )
         env.update({f"DISPATCHER_{k.upper()}": str(v) for k, v in extra.items()})
         return env
@@ -287,7 +289,7 @@ class Bench:
 
     async def sustained(self) -> float:
         await self.reset()
-        await self.start_workers()
+        await self.start_workers(**THROUGHPUT)
         start = time.time()
         await self.ingest(self.tenants["sustained"], self.events)
         await self.wait_received(3 * self.events)
@@ -298,7 +300,7 @@ class Bench:
     async def dispatch_only(self, workers: int = 1) -> tuple[float, int]:
         await self.reset()
         await self.ingest(self.tenants["sustained"], self.events)
-        await self.start_workers(workers)
+        await self.start_workers(workers, **THROUGHPUT)
         await self.wait_received(3 * self.events)
         await asyncio.sleep(0.5)
         got = await self.arrivals()
