@@ -254,7 +254,9 @@ class SendTestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     event_type: Annotated[str, AfterValidator(_known_event_type)] = Field(
-        default=TEST_EVENT_TYPE, examples=["mailing.delivered"]
+        default=TEST_EVENT_TYPE,
+        examples=["mailing.delivered"],
+        json_schema_extra={"enum": list(EVENT_TYPES)},
     )
     data: Annotated[dict[str, Any], AfterValidator(_small_json_object)] | None = Field(
         default=None,

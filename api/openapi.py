@@ -34,6 +34,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from api.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
+from api.platform_schemas import MAILING_ID_PATTERN
 from api.responses import json_response
 
 OPENAPI_VERSION = "3.1.0"
@@ -154,11 +155,18 @@ def _models(routes: list[DocumentedRoute]) -> list[tuple[type[BaseModel], JsonSc
     return list(wanted)
 
 
+_TEXT: Mapping[str, Any] = {"type": "string"}
+# Path parameters whose form the routes check before any lookup (422 rather than 404).
+_PATH_SCHEMAS: dict[str, Mapping[str, Any]] = {
+    "mailing_id": {"type": "string", "pattern": MAILING_ID_PATTERN},
+}
+
+
 def _parameters(
     path: str, op: Operation, schemas: dict[str, Any], refs: Mapping[Any, Any]
 ) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(name, _TEXT)}
         for name in re.findall(r"{(\w+)}", path)
     ]
     if op.query is not None:
@@ -178,7 +186,12 @@ def _parameters(
                 "in": "header",
                 "required": False,
                 "description": "Retries with the same key replay the first answer.",
-                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_KEY_LENGTH,
+                    "pattern": "^[ -~]+$",  # printable ASCII
+                },
             }
         )
     return params

@@ -65,10 +65,18 @@ class ListPage(BaseModel, Generic[T]):
 
 def page_query(request: web.Request, model: type[Q]) -> Q:
     """The validated query string; every bad parameter is reported in one 422."""
+    given = dict(request.query)
+    # PostgreSQL text cannot hold NUL, and no id or filter of ours contains one
+    errors = [
+        FieldError(k, "must not contain NUL characters") for k, v in given.items() if "\x00" in v
+    ]
     try:
-        return model.model_validate(dict(request.query))
+        parsed = model.model_validate(given)
     except ValidationError as exc:
-        raise ValidationFailed(field_errors(exc)) from None
+        errors += field_errors(exc)
+    if errors:
+        raise ValidationFailed(errors)
+    return parsed
 
 
 async def resolve_cursor(

@@ -46,6 +46,7 @@ MAX_FUTURE = timedelta(days=1)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 _MAILING_ID = re.compile(rf"[A-Za-z0-9._~:-]{{1,{MAX_MAILING_ID_CHARS}}}")
+MAILING_ID_PATTERN = f"^{_MAILING_ID.pattern}$"
 _TENANT_ID = re.compile(rf"[!-~]{{1,{MAX_TENANT_ID_CHARS}}}")
 # RFC 3339 date-time: seconds required, fraction optional, offset required.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")

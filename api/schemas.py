@@ -24,7 +24,7 @@ from api.pagination import ListPage
 from api.urls import MAX_URL_LENGTH, redact_url
 from dispatcher.models import Endpoint
 from dispatcher.signing import SECRET_PREFIX
-from dispatcher.transitions import valid_event_pattern
+from dispatcher.transitions import EVENT_TYPES, WILDCARD_PATTERNS, valid_event_pattern
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_DESCRIPTION_CHARS = 500
@@ -44,10 +44,26 @@ def _dedupe(patterns: list[str]) -> list[str]:
     return list(dict.fromkeys(patterns))
 
 
+_NO_NUL = "must not contain NUL (\\u0000) characters"
+
+
 def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+    try:
+        encoded = orjson.dumps(metadata)
+    except orjson.JSONEncodeError:  # nested deeper than the jsonb codec can write
+        raise ValueError("is nested too deeply") from None
+    if len(encoded) > MAX_METADATA_BYTES:
         raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    if b"\\u0000" in encoded:  # orjson's only spelling of NUL; jsonb cannot store it
+        raise ValueError(_NO_NUL)
     return metadata
+
+
+def _check_no_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: refuse it here, as a 422 on the field."""
+    if "\x00" in text:
+        raise ValueError(_NO_NUL)
+    return text
 
 
 def _check_secret(secret: str) -> str:
@@ -68,7 +84,11 @@ def _check_secret(secret: str) -> str:
     return secret
 
 
-EventPattern = Annotated[str, AfterValidator(_check_pattern)]
+EventPattern = Annotated[
+    str,
+    Field(json_schema_extra={"enum": [*WILDCARD_PATTERNS, *EVENT_TYPES]}),
+    AfterValidator(_check_pattern),
+]
 EventList = Annotated[
     list[EventPattern],
     Field(
@@ -89,7 +109,7 @@ Url = Annotated[
         examples=["https://example.com/webhooks"],
     ),
 ]
-Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)]
+Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS), AfterValidator(_check_no_nul)]
 Metadata = Annotated[
     dict[str, Any],
     Field(description=f"Free JSON object, at most {MAX_METADATA_BYTES} bytes."),

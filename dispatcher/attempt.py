@@ -164,9 +164,17 @@ async def send(
         status,
         duration,
         None if outcome == Outcome.SUCCESS else f"HTTP {status}",
-        excerpt.decode("utf-8", "replace") if excerpt else None,
+        readable_excerpt(excerpt),
         retry_after,
     )
+
+
+def readable_excerpt(excerpt: bytes) -> str | None:
+    """The receiver's bytes as text PostgreSQL can store: a NUL would make the attempt's
+    record (and the whole settle batch with it) fail forever, so it becomes U+FFFD too."""
+    if not excerpt:
+        return None
+    return excerpt.decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
 def unix_seconds(moment: datetime) -> int:

@@ -11,6 +11,7 @@ import asyncpg
 
 from dispatcher import metrics
 from dispatcher.db import queries as q
+from dispatcher.db.pool import DB_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,6 @@ async def refresh_gauges(pool: asyncpg.Pool, now: datetime | None = None) -> Non
 
 async def refresh_gauges_forever(pool: asyncpg.Pool, interval: float = 5.0) -> None:
     while True:
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        with contextlib.suppress(*DB_ERRORS):
             await refresh_gauges(pool)
         await asyncio.sleep(interval)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
+from dispatcher.db.pool import DB_ERRORS
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "dispatcher_deliveries"
+_LOST: tuple[type[Exception], ...] = (*DB_ERRORS, TimeoutError)
 
 
 class Listener:
@@ -33,22 +37,17 @@ class Listener:
         while True:
             try:
                 conn = await asyncpg.connect(self._url)
-            except (OSError, asyncpg.PostgresError) as exc:
+            except DB_ERRORS as exc:
                 log.warning(
                     "listener cannot connect; retrying", extra={"error_class": type(exc).__name__}
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            backoff = 0.1
             try:
-                await conn.add_listener(CHANNEL, self._notified)
-                self.connected.set()
-                self._on_wake()
-                backoff = 0.1
-                while True:
-                    await asyncio.sleep(self._ping_seconds)
-                    await asyncio.wait_for(conn.execute("SELECT 1"), timeout=5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                await self._listen(conn)
+            except _LOST as exc:
                 log.warning(
                     "listener connection lost; reconnecting",
                     extra={"error_class": type(exc).__name__},
@@ -59,3 +58,22 @@ class Listener:
                     await asyncio.wait_for(conn.close(), timeout=2)
                 except Exception:
                     conn.terminate()
+
+    async def _listen(self, conn: asyncpg.Connection) -> None:
+        """Wake on every NOTIFY until the connection is lost; never returns normally.
+
+        A server restart closes the socket: the termination callback notices it at once,
+        not at the next ping, since every NOTIFY sent in between would be missed.
+        """
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(CHANNEL, self._notified)
+        self.connected.set()
+        self._on_wake()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._ping_seconds):
+                    await lost.wait()
+            if lost.is_set():
+                raise ConnectionResetError("the server closed the LISTEN connection")
+            await asyncio.wait_for(conn.execute("SELECT 1"), timeout=5)

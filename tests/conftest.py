@@ -21,6 +21,12 @@ from dispatcher.db.pool import create_pool
 from dispatcher.models import Environment
 from dispatcher.settings import Settings
 from dispatcher.store import tenants
+from tests.suite_plugin import (  # noqa: F401 - the suite's hooks and shared fixtures
+    figures,
+    long_run,
+    pytest_addoption,
+    pytest_configure,
+)
 
 PLATFORM_TOKEN = "test-platform-token-0123456789"
 
