@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -22,14 +21,14 @@ from pydantic import (
 )
 
 from api.pagination import ListPage, PageQuery
+from api.validators import MAX_JSON_OBJECT_BYTES, bounded_json_object
 from dispatcher.ids import format_delivery_id
 from dispatcher.models import DeliveryStatus
-from dispatcher.signing import canonical_json
 from dispatcher.store.deliveries import Attempt, Delivery, ReplayScope
 from dispatcher.store.events import StoredEvent
 from dispatcher.transitions import EVENT_TYPES, TEST_EVENT_TYPE
 
-MAX_TEST_DATA_BYTES = 16 * 1024
+MAX_TEST_DATA_BYTES = MAX_JSON_OBJECT_BYTES
 
 
 def _rfc3339_text(value: Any) -> Any:
@@ -239,12 +238,7 @@ def _known_event_type(value: str) -> str:
 
 
 def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
-    try:
-        size = len(canonical_json(value))
-    except orjson.JSONEncodeError:
-        raise ValueError("cannot be serialized (integers must fit in 64 bits)") from None
-    if size > MAX_TEST_DATA_BYTES:
-        raise ValueError(f"must be at most {MAX_TEST_DATA_BYTES} bytes as JSON")
+    bounded_json_object(value, MAX_TEST_DATA_BYTES)
     return value
 
 

@@ -22,7 +22,6 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -33,14 +32,14 @@ from pydantic import (
     field_validator,
 )
 
+from api.validators import MAX_JSON_OBJECT_BYTES, bounded_json_object
 from dispatcher.models import Environment
-from dispatcher.signing import canonical_json
 from dispatcher.transitions import MailingStatus, MailType
 
 MAX_MAILING_ID_CHARS = 128
 MAX_TENANT_ID_CHARS = 128
 MAX_TRACKING_NUMBER_CHARS = 100
-MAX_OBJECT_BYTES = 16 * 1024
+MAX_OBJECT_BYTES = MAX_JSON_OBJECT_BYTES
 MAX_BATCH = 1000
 MAX_FUTURE = timedelta(days=1)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -80,12 +79,7 @@ def _check_tenant_id(value: str) -> str:
 
 def _check_object(value: dict[str, Any]) -> dict[str, Any]:
     """The event body is serialized with these bytes, so what cannot be must fail here."""
-    try:
-        size = len(canonical_json(value))
-    except orjson.JSONEncodeError as exc:
-        raise ValueError(f"cannot be serialized as JSON: {exc}") from None
-    if size > MAX_OBJECT_BYTES:
-        raise ValueError(f"must be at most {MAX_OBJECT_BYTES} bytes as JSON (is {size})")
+    bounded_json_object(value, MAX_OBJECT_BYTES)
     return value
 
 

@@ -17,16 +17,16 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from api.pagination import ListPage
 from api.urls import MAX_URL_LENGTH, redact_url
+from api.validators import MAX_JSON_OBJECT_BYTES, bounded_json_object
 from dispatcher.models import Endpoint
 from dispatcher.signing import SECRET_PREFIX
 from dispatcher.transitions import EVENT_TYPES, WILDCARD_PATTERNS, valid_event_pattern
 
-MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_BYTES = MAX_JSON_OBJECT_BYTES
 MAX_DESCRIPTION_CHARS = 500
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
 
@@ -48,12 +48,7 @@ _NO_NUL = "must not contain NUL (\\u0000) characters"
 
 
 def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    try:
-        encoded = orjson.dumps(metadata)
-    except orjson.JSONEncodeError:  # nested deeper than the jsonb codec can write
-        raise ValueError("is nested too deeply") from None
-    if len(encoded) > MAX_METADATA_BYTES:
-        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    encoded = bounded_json_object(metadata, MAX_METADATA_BYTES)
     if b"\\u0000" in encoded:  # orjson's only spelling of NUL; jsonb cannot store it
         raise ValueError(_NO_NUL)
     return metadata
