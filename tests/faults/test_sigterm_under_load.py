@@ -28,6 +28,9 @@ WORKER = {
     "endpoint_concurrency": 8,
     "lease_seconds": 120,  # a lease left behind would stall the test: they must be handed back
     "poll_interval_seconds": 1,
+    "attempt_timeout_seconds": 30,  # the slow receiver is slow, not failing: no retries
+    "retry_base_seconds": 0.5,
+    "retry_max_delay_seconds": 2,
     "metrics_port": 0,
 }
 

@@ -35,4 +35,7 @@ async def test_claim_uses_the_partial_queue_index(pool: asyncpg.Pool) -> None:
         )
         await conn.execute("RESET enable_seqscan")
     text = "\n".join(r[0] for r in plan)
-    assert "deliveries_due" in text
+    # Either partial index over pending rows will do; which one the planner takes depends on
+    # the statistics earlier tests left behind (an autovacuum ANALYZE of a busy table).
+    assert "deliveries_due" in text or "deliveries_pending_age" in text, text
+    assert "Seq Scan on deliveries" not in text, text
