@@ -45,8 +45,8 @@ class WorkerConfig:
     batch_size: int = 64
     attempt_timeout_seconds: float = 5.0
     poll_interval_seconds: float = 5.0
-    # 0: settle as soon as results arrive; batches form while the previous settle runs
-    flush_interval_seconds: float = 0.0
+    # how long finished attempts wait to be settled together (0: as soon as one is done)
+    flush_interval_seconds: float = 0.002
     shutdown_grace_seconds: float = 10.0
     reclaim_interval_seconds: float = 5.0
     allow_private_targets: bool = False
@@ -62,6 +62,7 @@ class WorkerConfig:
             attempt_timeout_seconds=s.attempt_timeout_seconds,
             poll_interval_seconds=s.poll_interval_seconds,
             shutdown_grace_seconds=s.shutdown_grace_seconds,
+            flush_interval_seconds=s.settle_interval_seconds,
             reclaim_interval_seconds=min(5.0, s.lease_seconds / 4),
             allow_private_targets=s.allow_private_targets,
             signature_header=s.signature_header,
