@@ -131,6 +131,23 @@ All traffic stays on 127.0.0.1; every test is bounded in events and in time.
   process's log file) is searched for signing secrets, API keys, the platform token and
   every password the tests put in URLs.
 
+## What this suite found (all fixed)
+
+- A receiver answering with a NUL byte made the attempt's record unstorable; the settle
+  batch holding it was retried forever, so the worker stopped recording every outcome,
+  kept its endpoint slots and starved healthy endpoints (`dispatcher/attempt.py`).
+- A PostgreSQL restart was noticed by the LISTEN connection only at its next ping (15 s),
+  and every NOTIFY in between was lost (`dispatcher/listener.py`).
+- After a restart asyncpg can raise `InternalClientError` on a pooled connection; it
+  escaped the worker's retry and ended the process (`dispatcher/db/pool.py` `DB_ERRORS`,
+  used by the worker, the listener and the gauges).
+- 500s instead of 503 for an admin shutdown of PostgreSQL; instead of 422 for NUL in an
+  endpoint's description or metadata, or metadata nested past the jsonb codec; instead of
+  404/422 for NUL in a path id or query value; instead of 400 for a body that does not
+  match its Content-Encoding (`api/errors.py`, `api/schemas.py`, `api/pagination.py`).
+- The OpenAPI document did not say which event types, Idempotency-Key characters and
+  mailing ids are accepted (`api/openapi.py`, `api/schemas.py`, `api/delivery_schemas.py`).
+
 ## Reproduce
 
     python -m tests.faults.report                 # the whole suite, then this file
