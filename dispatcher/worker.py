@@ -105,6 +105,7 @@ class Worker:
         self._buffer: list[Settlement] = []
         self._buffer_ready = asyncio.Event()
         self._closing = False
+        self._slot_bound = False
         self.settled_total = 0
         self._max_age = timedelta(seconds=config.policy.max_age_seconds)
 
@@ -265,7 +266,10 @@ class Worker:
                 await self._reclaim()
             free = self._config.concurrency - len(self._tasks)
             want = min(free, self._config.batch_size)
-            if want >= min_claim or not self._tasks:
+            # a finished attempt is worth a claim only when our own slots were the limit: until
+            # it is settled the database still counts it against its endpoint's cap
+            self._slot_bound = want < min_claim and bool(self._tasks)
+            if not self._slot_bound:
                 jobs = await self._claim(want)
                 for job in jobs:
                     task = asyncio.create_task(self._run_job(job))
@@ -324,7 +328,8 @@ class Worker:
             settlement = await self._attempt(job)
         finally:
             self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-            self._wake.set()
+            if self._slot_bound:
+                self._wake.set()
         self._buffer.append(settlement)
         self._buffer_ready.set()
 
