@@ -105,7 +105,7 @@ class Worker:
         self._buffer: list[Settlement] = []
         self._buffer_ready = asyncio.Event()
         self._closing = False
-        self._slot_bound = False
+        self._wake_on_finish = True
         self.settled_total = 0
         self._max_age = timedelta(seconds=config.policy.max_age_seconds)
 
@@ -266,10 +266,11 @@ class Worker:
                 await self._reclaim()
             free = self._config.concurrency - len(self._tasks)
             want = min(free, self._config.batch_size)
-            # a finished attempt is worth a claim only when our own slots were the limit: until
-            # it is settled the database still counts it against its endpoint's cap
-            self._slot_bound = want < min_claim and bool(self._tasks)
-            if not self._slot_bound:
+            # A finished attempt frees a local slot, worth a claim right away, unless the last
+            # claim came back short: then endpoint caps are the limit, and until it is settled
+            # the finished attempt still counts against its endpoint, so claiming is futile.
+            self._wake_on_finish = True
+            if want >= min_claim or not self._tasks:
                 jobs = await self._claim(want)
                 for job in jobs:
                     task = asyncio.create_task(self._run_job(job))
@@ -277,6 +278,7 @@ class Worker:
                 if len(jobs) == want:
                     await asyncio.sleep(0)
                     continue
+                self._wake_on_finish = False
             timeout = self._config.poll_interval_seconds
             if not self._tasks:
                 timeout = await self._until_next_due(timeout)
@@ -328,7 +330,7 @@ class Worker:
             settlement = await self._attempt(job)
         finally:
             self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-            if self._slot_bound:
+            if self._wake_on_finish:
                 self._wake.set()
         self._buffer.append(settlement)
         self._buffer_ready.set()
