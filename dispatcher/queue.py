@@ -20,7 +20,6 @@ from dispatcher.models import DeliveryStatus
 @dataclass(frozen=True)
 class QueueLimits:
     batch_size: int = 64
-    scan_factor: int = 4
     endpoint_concurrency: int = 16
     breaker_threshold: int = 5
     breaker_open_seconds: float = 30.0
@@ -70,7 +69,7 @@ async def claim(
     rows = await conn.fetch(
         q.CLAIM_DELIVERIES,
         now,
-        max(limit * limits.scan_factor, limit),
+        limit,  # endpoints considered: each gives at least one delivery
         limit,
         limits.endpoint_concurrency,
         limits.breaker_threshold,

@@ -226,42 +226,55 @@ NOTIFY_DELIVERIES = "SELECT pg_notify('dispatcher_deliveries', '')"
 
 # ---- the delivery queue -------------------------------------------------------------------
 
-# $1 now, $2 scan window, $3 batch size, $4 per-endpoint cap, $5 breaker threshold,
-# $6 lease expiry. Takes due deliveries oldest first, at most `cap` in flight per endpoint
-# across all workers (the endpoint rows are locked in id order, so the count is exact), skips
-# endpoints whose circuit is open, and returns everything a worker needs to send them.
+# $1 now, $2 endpoints considered, $3 batch size, $4 per-endpoint cap, $5 breaker threshold,
+# $6 lease expiry. Takes due deliveries endpoint by endpoint, oldest head first, at most `cap`
+# in flight per endpoint across all workers (the endpoint rows are locked in id order, so the
+# count is exact), skipping endpoints at their cap or whose circuit is open, without ever
+# walking their backlog; returns everything a worker needs to send them.
 CLAIM_DELIVERIES = """
-WITH busy AS (
-    SELECT id FROM endpoints
-    WHERE (in_flight > 0 AND in_flight >= CASE WHEN consecutive_failures >= $5 THEN 1 ELSE $4 END)
-       OR circuit_open_until > $1
+WITH RECURSIVE pending_endpoints (id) AS (
+    (SELECT endpoint_id FROM deliveries WHERE status = 'pending' ORDER BY endpoint_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.endpoint_id FROM deliveries d
+            WHERE d.status = 'pending' AND d.endpoint_id > p.id
+            ORDER BY d.endpoint_id LIMIT 1)
+    FROM pending_endpoints p WHERE p.id IS NOT NULL
 ),
-due AS (
-    SELECT d.id, d.endpoint_id, d.next_attempt_at
-    FROM deliveries d
-    WHERE d.status = 'pending' AND d.next_attempt_at <= $1
-      AND d.endpoint_id <> ALL (ARRAY(SELECT id FROM busy))
-    ORDER BY d.next_attempt_at, d.id
+heads AS (
+    SELECT p.id, h.head
+    FROM pending_endpoints p
+    CROSS JOIN LATERAL (SELECT d.next_attempt_at AS head FROM deliveries d
+                        WHERE d.status = 'pending' AND d.endpoint_id = p.id
+                        ORDER BY d.next_attempt_at LIMIT 1) h
+    WHERE p.id IS NOT NULL AND h.head <= $1
+),
+candidates AS (
+    SELECT heads.id FROM heads
+    JOIN endpoints e ON e.id = heads.id
+    WHERE e.in_flight < CASE WHEN e.consecutive_failures >= $5 THEN 1 ELSE $4 END
+      AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1)
+    ORDER BY heads.head
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
 ),
 room AS (
     SELECT e.id,
            CASE WHEN e.consecutive_failures >= $5 THEN 1 ELSE $4 END - e.in_flight AS free
     FROM endpoints e
-    WHERE e.id IN (SELECT endpoint_id FROM due)
+    WHERE e.id IN (SELECT id FROM candidates)
       AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1)
     ORDER BY e.id
     FOR UPDATE
 ),
 picked AS (
-    SELECT r.id, r.endpoint_id
-    FROM (SELECT due.*, row_number() OVER (PARTITION BY due.endpoint_id
-                                           ORDER BY due.next_attempt_at, due.id) AS n
-          FROM due) r
-    JOIN room ON room.id = r.endpoint_id
-    WHERE r.n <= room.free
-    ORDER BY r.next_attempt_at, r.id
+    SELECT d.id, d.endpoint_id
+    FROM room
+    CROSS JOIN LATERAL (SELECT d.id, d.endpoint_id, d.next_attempt_at FROM deliveries d
+                        WHERE d.status = 'pending' AND d.endpoint_id = room.id
+                          AND d.next_attempt_at <= $1
+                        ORDER BY d.next_attempt_at, d.id
+                        LIMIT GREATEST(room.free, 0)
+                        FOR UPDATE SKIP LOCKED) d
+    ORDER BY d.next_attempt_at, d.id
     LIMIT $3
 ),
 counted AS (
