@@ -25,6 +25,7 @@ class QueueLimits:
     breaker_open_seconds: float = 30.0
     breaker_max_open_seconds: float = 1800.0
     lease_seconds: float = 60.0
+    endpoints_visited: int = 128  # per claim; the walk resumes where the last one stopped
 
 
 @dataclass(frozen=True)
@@ -64,16 +65,22 @@ class Settlement:
 
 
 async def claim(
-    conn: asyncpg.Connection, now: datetime, limit: int, limits: QueueLimits
+    conn: asyncpg.Connection,
+    now: datetime,
+    limit: int,
+    limits: QueueLimits,
+    start_after: str = "",
 ) -> list[Job]:
+    """Up to `limit` due deliveries; `start_after` rotates the walk over endpoints."""
     rows = await conn.fetch(
         q.CLAIM_DELIVERIES,
         now,
-        limit,  # endpoints considered: each gives at least one delivery
+        limits.endpoints_visited,
         limit,
         limits.endpoint_concurrency,
         limits.breaker_threshold,
         now + timedelta(seconds=limits.lease_seconds),
+        start_after,
     )
     return [
         Job(

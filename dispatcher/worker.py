@@ -106,6 +106,7 @@ class Worker:
         self._buffer_ready = asyncio.Event()
         self._closing = False
         self._wake_on_finish = True
+        self._cursor = ""
         self.settled_total = 0
         self._max_age = timedelta(seconds=config.policy.max_age_seconds)
 
@@ -310,7 +311,12 @@ class Worker:
     async def _claim(self, want: int) -> list[Job]:
         try:
             async with self._pool.acquire() as conn:
-                return await claim(conn, self._clock.now(), want, self._config.limits)
+                jobs = await claim(
+                    conn, self._clock.now(), want, self._config.limits, self._cursor
+                )
+            if jobs:  # the next claim's walk over endpoints starts after the last one served
+                self._cursor = max(j.endpoint_id for j in jobs)
+            return jobs
         except _DB_ERRORS as exc:
             log.warning("claim failed; will retry", extra={"error_class": type(exc).__name__})
             await asyncio.sleep(0.5)

@@ -226,27 +226,45 @@ NOTIFY_DELIVERIES = "SELECT pg_notify('dispatcher_deliveries', '')"
 
 # ---- the delivery queue -------------------------------------------------------------------
 
-# $1 now, $2 endpoints considered, $3 batch size, $4 per-endpoint cap, $5 breaker threshold,
-# $6 lease expiry. Takes due deliveries endpoint by endpoint, oldest head first, at most `cap`
-# in flight per endpoint across all workers (the endpoint rows are locked in id order, so the
-# count is exact), skipping endpoints at their cap or whose circuit is open, without ever
-# walking their backlog; returns everything a worker needs to send them.
+# $1 now, $2 endpoints visited at most, $3 batch size, $4 per-endpoint cap, $5 breaker
+# threshold, $6 lease expiry, $7 endpoint id to start after ('' for the first). Walks the
+# endpoints that have pending work (a loose index scan, in id order after $7 and then from the
+# start up to $7, so successive claims rotate over all of them), keeps those with something due that are below their cap
+# and not behind an open circuit, oldest head first, and takes each one's due deliveries from
+# its own index range, a fair share of the batch each: the backlog of a saturated endpoint is
+# never walked past. The endpoint rows are locked in id order, so the cap is exact across
+# workers. Returns everything a worker needs to send.
 CLAIM_DELIVERIES = """
-WITH RECURSIVE pending_endpoints (id) AS (
-    (SELECT endpoint_id FROM deliveries WHERE status = 'pending' ORDER BY endpoint_id LIMIT 1)
+WITH RECURSIVE pending_endpoints (id, n) AS (
+    (SELECT endpoint_id, 1 FROM deliveries
+     WHERE status = 'pending' AND endpoint_id > $7 ORDER BY endpoint_id LIMIT 1)
     UNION ALL
     SELECT (SELECT d.endpoint_id FROM deliveries d
             WHERE d.status = 'pending' AND d.endpoint_id > p.id
-            ORDER BY d.endpoint_id LIMIT 1)
-    FROM pending_endpoints p WHERE p.id IS NOT NULL
+            ORDER BY d.endpoint_id LIMIT 1), p.n + 1
+    FROM pending_endpoints p WHERE p.id IS NOT NULL AND p.n < $2
+),
+wrapped_endpoints (id, n) AS (
+    (SELECT endpoint_id, 1 FROM deliveries
+     WHERE status = 'pending' AND endpoint_id <= $7 ORDER BY endpoint_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.endpoint_id FROM deliveries d
+            WHERE d.status = 'pending' AND d.endpoint_id > w.id AND d.endpoint_id <= $7
+            ORDER BY d.endpoint_id LIMIT 1), w.n + 1
+    FROM wrapped_endpoints w WHERE w.id IS NOT NULL AND w.n < $2
+),
+visited AS (
+    SELECT id FROM pending_endpoints WHERE id IS NOT NULL
+    UNION ALL
+    SELECT id FROM wrapped_endpoints WHERE id IS NOT NULL
 ),
 heads AS (
     SELECT p.id, h.head
-    FROM pending_endpoints p
+    FROM visited p
     CROSS JOIN LATERAL (SELECT d.next_attempt_at AS head FROM deliveries d
                         WHERE d.status = 'pending' AND d.endpoint_id = p.id
                         ORDER BY d.next_attempt_at LIMIT 1) h
-    WHERE p.id IS NOT NULL AND h.head <= $1
+    WHERE h.head <= $1
 ),
 candidates AS (
     SELECT heads.id FROM heads
@@ -254,7 +272,7 @@ candidates AS (
     WHERE e.in_flight < CASE WHEN e.consecutive_failures >= $5 THEN 1 ELSE $4 END
       AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1)
     ORDER BY heads.head
-    LIMIT $2
+    LIMIT $3
 ),
 room AS (
     SELECT e.id,
@@ -265,14 +283,18 @@ room AS (
     ORDER BY e.id
     FOR UPDATE
 ),
+share AS (
+    SELECT ceil($3::float8 / GREATEST(count(*), 1))::int AS each FROM room
+),
 picked AS (
     SELECT d.id, d.endpoint_id
     FROM room
+    CROSS JOIN share
     CROSS JOIN LATERAL (SELECT d.id, d.endpoint_id, d.next_attempt_at FROM deliveries d
                         WHERE d.status = 'pending' AND d.endpoint_id = room.id
                           AND d.next_attempt_at <= $1
                         ORDER BY d.next_attempt_at, d.id
-                        LIMIT GREATEST(room.free, 0)
+                        LIMIT LEAST(GREATEST(room.free, 0), share.each)
                         FOR UPDATE SKIP LOCKED) d
     ORDER BY d.next_attempt_at, d.id
     LIMIT $3

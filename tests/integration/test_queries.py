@@ -32,6 +32,7 @@ async def test_claim_uses_the_partial_queue_index(pool: asyncpg.Pool) -> None:
             .replace("$4", "16")
             .replace("$5", "5")
             .replace("$6", "now() + interval '1 minute'")
+            .replace("$7", "''")
         )
         await conn.execute("RESET enable_seqscan")
     text = "\n".join(r[0] for r in plan)
