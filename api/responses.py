@@ -76,3 +76,9 @@ def validate(model: type[M], data: Any) -> M:
 
 async def parse(request: web.Request, model: type[M]) -> M:
     return validate(model, await read_json(request))
+
+
+async def parse_optional(request: web.Request, model: type[M]) -> M:
+    """For routes whose every field has a default: an empty body means `{}`."""
+    raw = await request.read()
+    return validate(model, await read_json(request) if raw.strip() else {})

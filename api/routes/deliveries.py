@@ -33,7 +33,7 @@ from api.delivery_schemas import (
 from api.idempotency import idempotent, tenant_scope
 from api.openapi import operation
 from api.pagination import page_query, resolve_cursor, slice_page
-from api.responses import json_response, read_json, validate
+from api.responses import json_response, parse_optional
 from dispatcher.errors import Conflict, NotFound
 from dispatcher.ids import format_delivery_id, parse_delivery_id
 from dispatcher.models import Endpoint, Principal
@@ -94,8 +94,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 )
 async def replay_deliveries(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)
-    raw = await request.read()
-    spec = validate(ReplayRequest, await read_json(request) if raw.strip() else {})
+    spec = await parse_optional(request, ReplayRequest)
     now = clock(request).now()
 
     async def write(conn: asyncpg.Connection) -> web.Response:

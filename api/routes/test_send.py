@@ -26,7 +26,7 @@ from api import auth
 from api.context import SERVICES, clock, pool, settings
 from api.delivery_schemas import SendTestRequest, SendTestResult
 from api.openapi import operation
-from api.responses import json_response, read_json, validate
+from api.responses import json_response, parse_optional
 from dispatcher import ids
 from dispatcher.attempt import delivery_headers, send, unix_seconds
 from dispatcher.errors import Conflict, NotFound
@@ -77,8 +77,7 @@ async def _session(request: web.Request) -> AsyncIterator[aiohttp.ClientSession]
 )
 async def send_test_event(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)
-    raw = await request.read()
-    spec = validate(SendTestRequest, await read_json(request) if raw.strip() else {})
+    spec = await parse_optional(request, SendTestRequest)
     config = settings(request)
     now = clock(request).now()
     async with pool(request).acquire() as conn:  # released before the HTTP call

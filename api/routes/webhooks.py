@@ -18,7 +18,7 @@ from api.context import clock, pool, settings
 from api.idempotency import idempotent, tenant_scope
 from api.openapi import operation
 from api.pagination import PageQuery, page_query, resolve_cursor, slice_page
-from api.responses import field_errors, json_response, read_json, validate
+from api.responses import field_errors, json_response, parse_optional, read_json
 from api.schemas import (
     EndpointCreate,
     EndpointList,
@@ -219,8 +219,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
 )
 async def rotate_webhook_secret(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)
-    raw = await request.read()
-    spec = validate(RotateSecret, await read_json(request) if raw.strip() else {})
+    spec = await parse_optional(request, RotateSecret)
     overlap = spec.overlap_seconds
     if overlap is None:
         overlap = settings(request).secret_overlap_seconds
