@@ -101,12 +101,6 @@ async def claim(
     ]
 
 
-@dataclass(frozen=True)
-class SettleReport:
-    settled: int
-    opened_circuits: dict[str, datetime]
-
-
 def _endpoint_tallies(settled: list[Settlement]) -> tuple[list[str], list[bool], list[int]]:
     """Per endpoint: the failure streak as of its last attempt in the batch."""
     reset: dict[str, bool] = {}
@@ -126,13 +120,14 @@ def _endpoint_tallies(settled: list[Settlement]) -> tuple[list[str], list[bool],
 
 async def settle(
     conn: asyncpg.Connection, settled: list[Settlement], now: datetime, limits: QueueLimits
-) -> SettleReport:
-    """Record attempts and outcomes in one statement, whatever the batch size."""
+) -> int:
+    """Record attempts and outcomes in one statement, whatever the batch size; returns how
+    many deliveries it settled (one whose lease was reclaimed meanwhile is not)."""
     if not settled:
-        return SettleReport(0, {})
+        return 0
     tried = [s for s in settled if s.attempted]
     endpoints, reset, fails = _endpoint_tallies(settled)
-    rows = await conn.fetch(
+    count: int = await conn.fetchval(
         q.SETTLE,
         [s.job.delivery_id for s in tried],
         [s.job.attempt for s in tried],
@@ -157,7 +152,6 @@ async def settle(
         limits.breaker_open_seconds,
         limits.breaker_max_open_seconds,
     )
-    circuits = {r["id"]: r["circuit_open_until"] for r in rows if r["circuit_open_until"]}
     gone = sorted({s.job.endpoint_id for s in settled if s.disable_endpoint})
     if gone:
         async with conn.transaction():
@@ -166,7 +160,7 @@ async def settle(
                     q.DISABLE_ENDPOINT, endpoint_id, "endpoint answered 410 Gone", now
                 )
                 await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
-    return SettleReport(rows[0]["settled"] if rows else 0, circuits)
+    return count
 
 
 async def release(conn: asyncpg.Connection, jobs: list[Job]) -> int:

@@ -20,6 +20,7 @@ from dispatcher import metrics
 from dispatcher.attempt import AttemptResult, delivery_headers, send, unix_seconds
 from dispatcher.clock import Clock, SystemClock
 from dispatcher.db.pool import DB_ERRORS
+from dispatcher.ids import format_delivery_id
 from dispatcher.models import DeliveryStatus
 from dispatcher.policy import Dead, Disable, Done, Outcome, Retry, RetryPolicy
 from dispatcher.queue import (
@@ -107,7 +108,6 @@ class Worker:
         self._closing = False
         self._wake_on_finish = True
         self._cursor = ""
-        self.settled_total = 0
         self._max_age = timedelta(seconds=config.policy.max_age_seconds)
 
     def wake(self) -> None:
@@ -150,7 +150,7 @@ class Worker:
             "delivery expired before its attempt",
             extra={
                 "event_id": job.event_id,
-                "delivery_id": f"dlv_{job.delivery_id}",
+                "delivery_id": format_delivery_id(job.delivery_id),
                 "endpoint_id": job.endpoint_id,
             },
         )
@@ -209,12 +209,15 @@ class Worker:
         elif isinstance(decision, Dead):
             metrics.DEAD_LETTERS.inc()
         # every failure at INFO; successes at DEBUG (the attempts table keeps them all)
+        level = logging.DEBUG if isinstance(decision, Done) else logging.INFO
+        if not log.isEnabledFor(level):
+            return  # the hot path: no record built for a line nobody will read
         log.log(
-            logging.DEBUG if isinstance(decision, Done) else logging.INFO,
+            level,
             "delivery attempt",
             extra={
                 "event_id": job.event_id,
-                "delivery_id": f"dlv_{job.delivery_id}",
+                "delivery_id": format_delivery_id(job.delivery_id),
                 "endpoint_id": job.endpoint_id,
                 "attempt": job.attempt,
                 "outcome": result.outcome.value,
@@ -238,9 +241,7 @@ class Worker:
                 break
             settled = await asyncio.gather(*(self._attempt(j) for j in jobs))
             async with self._pool.acquire() as conn:
-                report = await settle(conn, list(settled), self._clock.now(), self._config.limits)
-            total += report.settled
-        self.settled_total += total
+                total += await settle(conn, list(settled), self._clock.now(), self._config.limits)
         return total
 
     # ---- the loop -------------------------------------------------------------------------
@@ -311,9 +312,7 @@ class Worker:
     async def _claim(self, want: int) -> list[Job]:
         try:
             async with self._pool.acquire() as conn:
-                jobs = await claim(
-                    conn, self._clock.now(), want, self._config.limits, self._cursor
-                )
+                jobs = await claim(conn, self._clock.now(), want, self._config.limits, self._cursor)
             if jobs:  # the next claim's walk over endpoints starts after the last one served
                 self._cursor = max(j.endpoint_id for j in jobs)
             return jobs
@@ -361,8 +360,7 @@ class Worker:
         while batch:
             try:
                 async with self._pool.acquire() as conn:
-                    report = await settle(conn, batch, self._clock.now(), self._config.limits)
-                self.settled_total += report.settled
+                    await settle(conn, batch, self._clock.now(), self._config.limits)
                 return
             except _DB_ERRORS as exc:
                 log.warning("settling failed; retrying", extra={"error_class": type(exc).__name__})

@@ -334,7 +334,7 @@ JOIN endpoints ep ON ep.id = c.endpoint_id
 #   $13 completed_ats, $14 status codes, $15 outcomes.
 # Endpoints: $16 ids, $17 reset (a success came last), $18 failures after the last success.
 # $19 now, $20 breaker threshold, $21 base open seconds, $22 max open seconds.
-# -> one row per endpoint: its id, and until when its circuit is open (or NULL)
+# -> the number of deliveries settled (a lease reclaimed meanwhile is not)
 SETTLE = """
 WITH streaks AS (
     SELECT p.id, p.reset, p.fails,
@@ -400,7 +400,7 @@ postponed AS (
     WHERE s.circuit_open_until IS NOT NULL AND d.endpoint_id = s.id
       AND d.status = 'pending' AND d.next_attempt_at < s.circuit_open_until
 )
-SELECT id, circuit_open_until, (SELECT count(*) FROM settled)::int AS settled FROM streak
+SELECT count(*)::int AS settled FROM settled
 """
 
 # $1 endpoint_ids -> locks them in id order before their counters change

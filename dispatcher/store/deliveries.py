@@ -150,13 +150,6 @@ async def for_events(
     return found
 
 
-async def get_delivery(
-    conn: asyncpg.Connection, owner: Principal, delivery_id: DeliveryId
-) -> Delivery | None:
-    row = await conn.fetchrow(q.GET_DELIVERY, delivery_id, owner.tenant_id, owner.environment.value)
-    return Delivery.from_row(row) if row else None
-
-
 # ---- re-queueing ------------------------------------------------------------------------
 
 
