@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from api.pagination import ListPage
 from api.urls import MAX_URL_LENGTH, redact_url
 from api.validators import MAX_JSON_OBJECT_BYTES, bounded_json_object
-from dispatcher.models import Endpoint
+from dispatcher.models import Circuit, DeliveryState, Endpoint
 from dispatcher.signing import SECRET_PREFIX
 from dispatcher.transitions import EVENT_TYPES, WILDCARD_PATTERNS, valid_event_pattern
 
@@ -212,6 +212,32 @@ class EndpointObject(BaseModel):
     updated_at: datetime
 
 
+class DeliveryStateObject(BaseModel):
+    """The endpoint's live delivery state, shared by every worker process."""
+
+    circuit: Circuit = Field(
+        description="'closed': normal; 'open': it kept failing, so it is backed off as a "
+        "whole until circuit_open_until; 'half_open': the back-off is over and one attempt "
+        "at a time probes it until one succeeds."
+    )
+    circuit_open_until: datetime | None = Field(
+        description="When an open circuit lets the next probe through; null unless open."
+    )
+    concurrency_limit: int = Field(
+        description="How many requests may be in flight to this endpoint at once right now."
+    )
+    in_flight: int = Field(description="Requests being sent to it right now.")
+    pending: int = Field(
+        description="Deliveries waiting: due now, or scheduled for a retry (in flight excluded)."
+    )
+
+
+class EndpointDetail(EndpointObject):
+    """One endpoint, as GET /v1/webhooks/{id} shows it: with its live delivery state."""
+
+    delivery_state: DeliveryStateObject
+
+
 class EndpointWithSecret(EndpointObject):
     """Returned by create and rotate-secret: the only times the secret is ever shown."""
 
@@ -251,3 +277,16 @@ def endpoint_with_secret(endpoint: Endpoint) -> EndpointWithSecret:
         raise ValueError("endpoint_with_secret needs an endpoint that carries its new secret")
     shown = endpoint_object(endpoint)
     return EndpointWithSecret(**shown.model_dump(), secret=endpoint.secret)
+
+
+def endpoint_detail(endpoint: Endpoint, state: DeliveryState) -> EndpointDetail:
+    return EndpointDetail(
+        **endpoint_object(endpoint).model_dump(),
+        delivery_state=DeliveryStateObject(
+            circuit=state.circuit,
+            circuit_open_until=state.circuit_open_until,
+            concurrency_limit=state.concurrency_limit,
+            in_flight=state.in_flight,
+            pending=state.pending,
+        ),
+    )

@@ -98,3 +98,43 @@ class Endpoint:
             row["created_at"],
             row["updated_at"],
         )
+
+
+class Circuit(StrEnum):
+    """An endpoint's circuit breaker: open backs it off as a whole; half-open sends one probe."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class DeliveryState:
+    """What an endpoint's delivery looks like right now, across all worker processes."""
+
+    circuit: Circuit
+    circuit_open_until: datetime | None
+    concurrency_limit: int
+    in_flight: int
+    pending: int
+
+    @classmethod
+    def from_row(
+        cls, row: Any, now: datetime, *, cap: int, breaker_threshold: int
+    ) -> DeliveryState:
+        """Same rule as the claim: past the failure threshold, one attempt at a time."""
+        failing = row["consecutive_failures"] >= breaker_threshold
+        until = row["circuit_open_until"]
+        if until is not None and until > now:
+            circuit = Circuit.OPEN
+        elif failing:
+            circuit = Circuit.HALF_OPEN
+        else:
+            circuit = Circuit.CLOSED
+        return cls(
+            circuit,
+            until if circuit == Circuit.OPEN else None,
+            1 if failing else cap,
+            row["in_flight"],
+            row["pending"],
+        )

@@ -21,6 +21,7 @@ from api.pagination import PageQuery, page_query, resolve_cursor, slice_page
 from api.responses import field_errors, json_response, parse_optional, read_json
 from api.schemas import (
     EndpointCreate,
+    EndpointDetail,
     EndpointList,
     EndpointObject,
     EndpointUpdate,
@@ -28,6 +29,7 @@ from api.schemas import (
     EventType,
     EventTypeList,
     RotateSecret,
+    endpoint_detail,
     endpoint_object,
     endpoint_with_secret,
 )
@@ -131,14 +133,30 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/webhooks/{id}")
-@operation(summary="Get a webhook endpoint", tag=TAG, responses={200: EndpointObject})
+@operation(
+    summary="Get a webhook endpoint, with its live delivery state",
+    tag=TAG,
+    responses={200: EndpointDetail},
+    description="`delivery_state` shows the circuit, the current concurrency limit, the "
+    "requests in flight and the deliveries waiting, as all worker processes share them.",
+)
 async def get_webhook(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)
+    config = settings(request)
     async with pool(request).acquire() as conn:
         endpoint = await store.get_endpoint(conn, owner, request.match_info["id"])
-    if endpoint is None:
+        if endpoint is None:
+            raise _not_found()
+        state = await store.delivery_state(
+            conn,
+            endpoint.id,
+            clock(request).now(),
+            cap=config.endpoint_concurrency,
+            breaker_threshold=config.breaker_threshold,
+        )
+    if state is None:  # deleted in between
         raise _not_found()
-    return _show(endpoint_object(endpoint))
+    return _show(endpoint_detail(endpoint, state))
 
 
 async def _update(request: web.Request) -> web.Response:

@@ -121,6 +121,15 @@ UPDATE endpoints SET enabled = false, disabled_reason = $2, updated_at = $3
 WHERE id = $1 AND deleted_at IS NULL
 """
 
+# $1 endpoint_id -> its live delivery counters and the number of deliveries waiting
+# (pending: due or scheduled for a retry), counted on the endpoint's own queue index
+ENDPOINT_DELIVERY_STATE = """
+SELECT e.in_flight, e.consecutive_failures, e.circuit_open_until,
+       (SELECT count(*)::int FROM deliveries d
+        WHERE d.endpoint_id = e.id AND d.status = 'pending') AS pending
+FROM endpoints e WHERE e.id = $1
+"""
+
 # ---- endpoint secrets ---------------------------------------------------------------------
 
 # $1 endpoint_id, $2 secret, $3 created_at

@@ -12,7 +12,7 @@ import asyncpg
 from dispatcher import ids
 from dispatcher.db import queries as q
 from dispatcher.ids import EndpointId
-from dispatcher.models import Endpoint, Principal
+from dispatcher.models import DeliveryState, Endpoint, Principal
 
 
 @dataclass(frozen=True)
@@ -167,3 +167,13 @@ async def active_secrets(
     for row in await conn.fetch(q.ACTIVE_SECRETS, endpoint_ids, now):
         found[row["endpoint_id"]].append(row["secret"])
     return dict(found)
+
+
+async def delivery_state(
+    conn: asyncpg.Connection, endpoint_id: str, now: datetime, *, cap: int, breaker_threshold: int
+) -> DeliveryState | None:
+    """The endpoint's live delivery state, as every worker process currently shares it."""
+    row = await conn.fetchrow(q.ENDPOINT_DELIVERY_STATE, endpoint_id)
+    if row is None:
+        return None
+    return DeliveryState.from_row(row, now, cap=cap, breaker_threshold=breaker_threshold)
