@@ -51,7 +51,9 @@ def _require_secrets(secrets: Sequence[str]) -> None:
 def sign_v1(secrets: Sequence[str], timestamp: int, body: bytes) -> str:
     """Stripe-compatible header value; several ``v1`` let receivers rotate without a gap.
 
-    ``secrets`` are newest first. The key is the whole secret string as UTF-8, prefix
+    ``secrets`` are oldest first, so the newest ``v1`` comes last: a receiver that keeps only
+    the last ``v1=`` (the Bjet24 article's ``Object.fromEntries`` parser) verifies with the
+    new secret as soon as it has it. The key is the whole secret string as UTF-8, prefix
     included, which is what ``stripe.WebhookSignature`` does with the secret it is given.
     """
     _require_secrets(secrets)
@@ -133,12 +135,13 @@ def build_signature_headers(
 ) -> dict[str, str]:
     """Every signature header of one attempt, so the sender has a single call to make.
 
-    ``X-Signature`` uses only the newest secret: the e-invoice scheme has one value.
+    ``secrets`` are oldest first. ``X-Signature`` uses only the newest (last) secret: the
+    e-invoice scheme has one value.
     """
     _require_secrets(secrets)
     headers = {
         header_name: sign_v1(secrets, timestamp, body),
-        SORTED_KEY_HEADER: sign_sha256_body(secrets[0], body),
+        SORTED_KEY_HEADER: sign_sha256_body(secrets[-1], body),
     }
     if standard_webhooks:
         headers.update(standard_webhooks_headers(secrets, event_id, timestamp, body))

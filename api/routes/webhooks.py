@@ -233,7 +233,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
     responses={200: EndpointWithSecret},
     idempotent=True,
     description="The new secret is returned once. Previous secrets keep signing alongside "
-    "it (one v1= each, newest first) for overlap_seconds.",
+    "it (one v1= each, oldest first, the newest last) for overlap_seconds.",
 )
 async def rotate_webhook_secret(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)

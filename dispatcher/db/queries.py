@@ -143,11 +143,11 @@ UPDATE endpoint_secrets SET expires_at = $2
 WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
 """
 
-# $1 endpoint_ids, $2 now -> active secrets, newest first per endpoint
+# $1 endpoint_ids, $2 now -> active secrets, oldest first (newest last) per endpoint
 ACTIVE_SECRETS = """
 SELECT endpoint_id, secret FROM endpoint_secrets
 WHERE endpoint_id = ANY($1::text[]) AND (expires_at IS NULL OR expires_at > $2)
-ORDER BY endpoint_id, created_at DESC, id DESC
+ORDER BY endpoint_id, created_at, id
 """
 
 # ---- idempotency --------------------------------------------------------------------------
@@ -326,7 +326,7 @@ SELECT c.id, c.event_id, c.endpoint_id, c.attempts, ev.event_type, ev.created_at
        ev.body, ep.url, ep.standard_webhooks,
        ARRAY(SELECT s.secret FROM endpoint_secrets s
              WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)
-             ORDER BY s.created_at DESC, s.id DESC) AS secrets
+             ORDER BY s.created_at, s.id) AS secrets
 FROM claimed c
 JOIN events ev ON ev.id = c.event_id
 JOIN endpoints ep ON ep.id = c.endpoint_id

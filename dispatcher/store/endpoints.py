@@ -162,7 +162,7 @@ async def rotate_secret(
 async def active_secrets(
     conn: asyncpg.Connection, endpoint_ids: list[str], now: datetime
 ) -> dict[str, list[str]]:
-    """Signing secrets per endpoint, newest first: one round trip for a whole batch."""
+    """Signing secrets per endpoint, oldest first (newest last): one round trip per batch."""
     found: dict[str, list[str]] = defaultdict(list)
     for row in await conn.fetch(q.ACTIVE_SECRETS, endpoint_ids, now):
         found[row["endpoint_id"]].append(row["secret"])

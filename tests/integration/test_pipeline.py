@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 from datetime import UTC, datetime
 from typing import Any
@@ -120,4 +122,9 @@ async def test_standard_webhooks_opt_in_and_rotation_verify_with_real_libraries(
             got.body,
             {k: got.headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")},
         )
+    # Newest last: a parser keeping only the last v1= (the Bjet24 article's) holds the new one.
+    last_v1 = header.rsplit("v1=", 1)[1]
+    timestamp = header.split(",")[0].removeprefix("t=")
+    signed = f"{timestamp}.".encode() + got.body
+    assert last_v1 == hmac.new(new.encode(), signed, hashlib.sha256).hexdigest()
     assert got.headers["webhook-id"] == got.headers["X-Event-Id"]

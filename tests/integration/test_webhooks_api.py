@@ -519,7 +519,7 @@ async def test_rotate_secret_keeps_the_old_one_for_the_overlap(
     assert rotated["id"] == created["id"] and rotated["object"] == "webhook_endpoint"
     async with pool.acquire() as conn:
         assert await store.active_secrets(conn, [created["id"]], clock.now()) == {
-            created["id"]: [new, OWN_SECRET]
+            created["id"]: [OWN_SECRET, new]
         }
         later = clock.now() + timedelta(seconds=86400)  # the default overlap, ended
         assert await store.active_secrets(conn, [created["id"]], later) == {created["id"]: [new]}
@@ -661,7 +661,7 @@ async def test_idempotent_rotate_returns_the_same_secret(
     assert (await second.json())["secret"] == first["secret"]
     async with pool.acquire() as conn:
         active = await store.active_secrets(conn, [created["id"]], clock.now())
-    assert active == {created["id"]: [first["secret"], created["secret"]]}
+    assert active == {created["id"]: [created["secret"], first["secret"]]}
 
 
 # ---- pagination ----------------------------------------------------------------------

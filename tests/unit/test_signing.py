@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
 import time
 from datetime import UTC, datetime
@@ -28,25 +27,21 @@ from dispatcher.signing import (
     verify_v1,
 )
 
-
-def _vectors_path() -> Path | None:
-    beside_repo = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
-    candidates = [beside_repo / "signatures.json"]
-    if env := os.environ.get("DISPATCHER_VECTORS"):
-        candidates.append(Path(env))
-    return next((p for p in candidates if p.is_file()), None)
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "signatures.json"
+# The contract's copy, when the repository sits beside it: ours must not drift from it.
+CONTRACT_VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "signatures.json"
 
 
 @pytest.fixture(scope="module")
 def vectors() -> dict[str, Any]:
-    path = _vectors_path()
-    if path is None:
-        pytest.skip(
-            "signature vectors not found: expected ../shared/vectors/signatures.json beside "
-            "the repo, or a path in DISPATCHER_VECTORS"
-        )
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(VECTORS.read_text(encoding="utf-8"))
     return data
+
+
+def test_vectors_are_the_contracts_copy() -> None:
+    if not CONTRACT_VECTORS.is_file():
+        pytest.skip("no contract checkout beside the repository")
+    assert json.loads(VECTORS.read_text("utf-8")) == json.loads(CONTRACT_VECTORS.read_text("utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +67,24 @@ def test_v1_single_secret_vector(vectors: dict[str, Any], body: bytes) -> None:
     assert sign_v1([v["secret"]], v["timestamp"], body) == v["header"]
 
 
-def test_v1_rotation_vector_newest_first(vectors: dict[str, Any], body: bytes) -> None:
+def test_v1_rotation_vector_newest_last(vectors: dict[str, Any], body: bytes) -> None:
     v = vectors["v1_rotation"]
-    assert sign_v1(v["secrets_newest_first"], v["timestamp"], body) == v["header"]
+    assert sign_v1(v["secrets_oldest_first"], v["timestamp"], body) == v["header"]
+
+
+def _article_parser(header: str) -> dict[str, str]:
+    """The Bjet24 article's Node parser, ``Object.fromEntries(h.split(",").map(kv =>
+    kv.split("=")))``, in Python: a later key overwrites an earlier one, and a value holding
+    "=" is cut at it (JavaScript's destructuring keeps the first two pieces)."""
+    return {kv.split("=")[0]: kv.split("=")[1] for kv in header.split(",")}
+
+
+def test_article_parser_keeps_the_newest_during_rotation(body: bytes) -> None:
+    header = sign_v1([OLD, NEW], 1_000_000, body)
+    parts = _article_parser(header)
+    signed = b"1000000." + body
+    assert parts["t"] == "1000000"
+    assert parts["v1"] == hmac.new(NEW.encode(), signed, hashlib.sha256).hexdigest()
 
 
 def test_sorted_key_vector(vectors: dict[str, Any]) -> None:
@@ -124,7 +134,7 @@ def _now() -> int:
 
 @pytest.mark.parametrize("secret", [NEW, OLD])
 def test_stripe_verifies_every_active_secret(body: bytes, secret: str) -> None:
-    header = sign_v1([NEW, OLD], _now(), body)
+    header = sign_v1([OLD, NEW], _now(), body)
     assert stripe.WebhookSignature.verify_header(body, header, secret, 300)
 
 
@@ -147,7 +157,7 @@ def test_stripe_accepts_custom_header_name(body: bytes) -> None:
 
 @pytest.mark.parametrize("secret", [NEW, OLD])
 def test_standardwebhooks_verifies_every_active_secret(body: bytes, secret: str) -> None:
-    headers = standard_webhooks_headers([NEW, OLD], "evt_42", _now(), body)
+    headers = standard_webhooks_headers([OLD, NEW], "evt_42", _now(), body)
     assert headers["webhook-signature"].count("v1,") == 2
     assert Webhook(secret).verify(body, headers) == json.loads(body)
 
@@ -177,7 +187,7 @@ def test_standardwebhooks_undecodable_secret_falls_back_to_raw_bytes(
 def test_build_headers_all_schemes_verify(body: bytes) -> None:
     ts = _now()
     headers = build_signature_headers(
-        secrets=[NEW, OLD], timestamp=ts, body=body, event_id="evt_7", standard_webhooks=True
+        secrets=[OLD, NEW], timestamp=ts, body=body, event_id="evt_7", standard_webhooks=True
     )
     assert set(headers) == {
         "X-Bjet24-Signature", "X-Signature", "webhook-id", "webhook-timestamp",
@@ -252,7 +262,7 @@ def test_generate_secret_refuses_short_rng() -> None:
 
 def test_verify_v1_accepts_vector(vectors: dict[str, Any], body: bytes) -> None:
     v = vectors["v1_rotation"]
-    for secret in v["secrets_newest_first"]:
+    for secret in v["secrets_oldest_first"]:
         assert verify_v1(v["header"], [secret], body, now=v["timestamp"])
     assert verify_v1(v["header"], ["whsec_other", OLD], body, now=v["timestamp"] + 300)
 
