@@ -30,11 +30,12 @@ def create_app(
     app[SETTINGS] = settings
     app[POOL] = pool
     app[CLOCK] = clock or SystemClock()
-    app[SERVICES] = services or {}
+    app[SERVICES] = dict(services or {})
     app.add_routes(ops.routes)
     app.add_routes([*webhooks.routes, *openapi.routes])
     app.add_routes(platform_routes.routes)
     app.add_routes(delivery_routes.routes)
     app.add_routes(event_routes.routes)
     app.add_routes(test_send_routes.routes)
+    app.cleanup_ctx.append(test_send_routes.test_send_client)
     return app

@@ -13,7 +13,8 @@ from dispatcher.settings import Settings
 POOL = web.AppKey("pool", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
-# extra collaborators (delivery client for test sends, metrics), set by whoever builds the app
+# extra collaborators (metrics; "test_session", a delivery client for test sends that
+# replaces the app's own), set by whoever builds the app
 SERVICES = web.AppKey("services", dict[str, Any])
 
 

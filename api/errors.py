@@ -23,6 +23,7 @@ _HTTP_TYPES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "rate_limited",
     503: "unavailable",
 }
 
@@ -59,7 +60,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ValidationFailed as exc:
         return error_response(exc.status, exc.type, "request is invalid", exc.errors)
     except DispatcherError as exc:
-        return error_response(exc.status, exc.type, str(exc) or exc.type)
+        response = error_response(exc.status, exc.type, str(exc) or exc.type)
+        response.headers.update(exc.headers())
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -111,6 +111,11 @@ _ERRORS: dict[int, tuple[str, str]] = {
     409: ("Conflict", "The request conflicts with the object's current state."),
     413: ("PayloadTooLarge", "The body is larger than DISPATCHER_MAX_BODY_BYTES."),
     422: ("ValidationError", "The request is invalid; every problem is listed by field."),
+    429: (
+        "TooManyRequests",
+        "Too many failed authentications from this client address, or too many test sends "
+        "of this tenant at once; retry after Retry-After seconds.",
+    ),
     503: ("Unavailable", "The database is unreachable or not migrated."),
 }
 
@@ -197,6 +202,14 @@ def _parameters(
     return params
 
 
+def _error_headers(status: int) -> dict[str, Any]:
+    header = {401: "WWW-Authenticate", 429: "Retry-After"}.get(status)
+    if header is None:
+        return {}
+    text = "Bearer" if status == 401 else "Seconds to wait before retrying."
+    return {"headers": {header: {"description": text, "schema": {"type": "string"}}}}
+
+
 def _responses(path: str, op: Operation, refs: Mapping[Any, Any]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, body in op.responses.items():
@@ -215,7 +228,7 @@ def _responses(path: str, op: Operation, refs: Mapping[Any, Any]) -> dict[str, A
         responses[str(status)] = response
     errors = set(op.errors)
     if op.security != "public":
-        errors.add(401)
+        errors.update((401, 429))
     if "{" in path:
         errors.add(404)
     if op.body is not None:
@@ -289,8 +302,9 @@ def build_document(app: web.Application) -> dict[str, Any]:
                 name: {
                     "description": text,
                     "content": {"application/json": {"schema": error_ref}},
+                    **_error_headers(status),
                 }
-                for name, text in _ERRORS.values()
+                for status, (name, text) in _ERRORS.items()
             },
             "securitySchemes": {
                 "tenantKey": {

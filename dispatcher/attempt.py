@@ -13,9 +13,10 @@ from functools import lru_cache
 import aiohttp
 from yarl import URL
 
-from dispatcher.netguard import BlockedAddress, is_blocked_ip, parse_ip_literal
+from dispatcher.netguard import BlockedAddress, is_blocked_ip
 from dispatcher.policy import Outcome, classify_status
 from dispatcher.signing import build_signature_headers
+from dispatcher.urls import InvalidUrl, parse_url
 
 RESPONSE_EXCERPT_BYTES = 1024
 _DRAIN_LIMIT = 64 * 1024
@@ -35,7 +36,7 @@ class AttemptResult:
 class Target:
     """A URL split into where to connect and the Basic credentials it carried."""
 
-    url: URL
+    url: URL | None  # None: the stored URL is no valid target (stored before today's rules)
     authorization: str | None
     host: str
     blocked_literal: str | None  # the host, when it is an IP literal in a blocked range
@@ -43,16 +44,20 @@ class Target:
 
 @lru_cache(maxsize=4096)
 def parse_target(url: str) -> Target:
-    parsed = URL(url, encoded=True)
+    """Read with the parser registration used, so both see the same host."""
+    try:
+        parsed = parse_url(url)
+    except InvalidUrl:
+        return Target(None, None, "", None)
     authorization = None
-    if parsed.user is not None:
-        pair = f"{parsed.user}:{parsed.password or ''}".encode()
+    if parsed.credentials is not None:
+        user, password = parsed.credentials
+        pair = f"{user}:{password or ''}".encode()
         authorization = "Basic " + base64.b64encode(pair).decode("ascii")
-        parsed = parsed.with_user(None).with_password(None)
-    host = parsed.host or ""
-    literal = parse_ip_literal(host)
-    blocked = str(literal) if literal is not None and is_blocked_ip(literal) else None
-    return Target(parsed, authorization, host, blocked)
+    blocked = str(parsed.ip) if parsed.ip is not None and is_blocked_ip(parsed.ip) else None
+    return Target(
+        URL(parsed.without_credentials, encoded=True), authorization, parsed.host, blocked
+    )
 
 
 def delivery_headers(
@@ -121,14 +126,10 @@ async def send(
     """POST once; never follows redirects; reads at most 1 KiB of what the receiver says."""
     target = parse_target(url)
     start = time.perf_counter()
-    if target.blocked_literal is not None and not allow_private:
+    if target.url is None or (target.blocked_literal is not None and not allow_private):
+        reason = target.blocked_literal or "the URL's host is not a DNS name or an IP address"
         return AttemptResult(
-            Outcome.BLOCKED_ADDRESS,
-            None,
-            0.0,
-            f"BlockedAddress: {target.blocked_literal}",
-            None,
-            None,
+            Outcome.BLOCKED_ADDRESS, None, 0.0, f"BlockedAddress: {reason}", None, None
         )
     if target.authorization is not None:
         headers = {**headers, "Authorization": target.authorization}

@@ -12,6 +12,10 @@ class DispatcherError(Exception):
     status = 500
     type = "internal_error"
 
+    def headers(self) -> dict[str, str]:
+        """Response headers the error carries (``WWW-Authenticate``, ``Retry-After``)."""
+        return {}
+
 
 class ConfigError(DispatcherError):
     """A setting or the environment cannot run the service."""
@@ -45,6 +49,23 @@ class Conflict(DispatcherError):
 class Unauthorized(DispatcherError):
     status = 401
     type = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class TooManyRequests(DispatcherError):
+    """A limit was reached; the caller may retry after ``retry_after`` seconds."""
+
+    status = 429
+    type = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 @dataclass(frozen=True)

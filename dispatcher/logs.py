@@ -25,6 +25,11 @@ CONTEXT_FIELDS = (
     "method",
     "status",
     "worker",
+    "host",  # a target's host name, and the address the SSRF guard refused
+    "address",
+    "stage",
+    "client",  # the client address of a refused API request, and the key prefix it tried
+    "key_prefix",
 )
 
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]*(:[^/\s@]*)?@")

@@ -61,13 +61,14 @@ class BlockedAddress(Exception):
     """A target resolved to an address tenants may not reach.
 
     Carries the host and the offending address, never the URL: URLs may hold credentials.
+    The message names the host only: tenants read it, and the address a name resolved to
+    is an oracle for internal names. Server logs use ``address``.
     """
 
     def __init__(self, host: str, address: str | None = None) -> None:
         self.host = host
         self.address = address
-        detail = f" ({address})" if address is not None and address != host else ""
-        super().__init__(f"blocked address for host {host!r}{detail}")
+        super().__init__(f"blocked address for host {host!r}")
 
 
 def _embedded_ipv4(ip: IPv6Address) -> IPv4Address | None:
@@ -201,3 +202,18 @@ async def vet_host(host: str, port: int, resolve: Resolver, allow_private: bool)
             raise BlockedAddress(host, answer)
         vetted.setdefault(ip, answer)
     return list(vetted.values())
+
+
+def vet_address(host: str, address: str, allow_private: bool) -> IPAddress:
+    """The check of an address about to be (or just) connected to, whatever resolved it.
+
+    Anything but an IP address (a name the operating system would resolve) fails closed;
+    blocked ranges and zone ids (``%eth0``) fail unless ``allow_private``.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise BlockedAddress(host, address) from None
+    if not allow_private and ("%" in address or is_blocked_ip(ip)):
+        raise BlockedAddress(host, address)
+    return ip

@@ -93,7 +93,7 @@ async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: b
                     max_connections=settings.worker_concurrency + 16,
                 )
             )
-            services: dict[str, Any] = {"session": session}
+            services: dict[str, Any] = {}  # the app keeps its own client for test sends
             worker_task = None
             if worker:
                 runner = Worker(pool, session, WorkerConfig.from_settings(settings))

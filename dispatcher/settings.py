@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     breaker_open_seconds: float = Field(default=30.0, gt=0)
     breaker_max_open_seconds: float = Field(default=1800.0, gt=0)
 
+    # test sends (POST /v1/webhooks/{id}/test): a connection pool of their own, apart from
+    # the workers', and at most this many at once per tenant in each API process (429 beyond)
+    test_send_connections: int = Field(default=16, ge=1, le=1000)
+    test_send_concurrency: int = Field(default=2, ge=1, le=100)
+
     signature_header: str = Field(default="X-Bjet24-Signature", pattern=r"^[A-Za-z0-9-]+$")
     secret_overlap_seconds: int = Field(default=86400, ge=0)
 

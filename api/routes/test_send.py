@@ -10,11 +10,14 @@ Decisions:
 - A disabled endpoint can be tested: checking the receiver before re-enabling is the point.
 - The answer is 200 whenever the attempt was made, even if the endpoint failed:
   `success` says how the endpoint did.
+- Test sends have a connection pool of their own (``TEST_SEND_CONNECTIONS``), apart from the
+  workers', and a tenant may run ``TEST_SEND_CONCURRENCY`` at once per API process; one
+  more is a 429 with ``Retry-After``, so a tenant testing a hanging receiver in a loop
+  delays neither real deliveries nor other tenants' tests.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,15 +26,16 @@ import aiohttp
 from aiohttp import web
 
 from api import auth
-from api.context import SERVICES, clock, pool, settings
+from api.context import SERVICES, SETTINGS, clock, pool, settings
 from api.delivery_schemas import SendTestRequest, SendTestResult
+from api.limits import ConcurrencyCap
 from api.openapi import operation
 from api.responses import json_response, parse_optional
 from dispatcher import ids
 from dispatcher.attempt import delivery_headers, send, unix_seconds
 from dispatcher.errors import Conflict, NotFound
 from dispatcher.events import event_body
-from dispatcher.models import Endpoint
+from dispatcher.models import Endpoint, Principal
 from dispatcher.policy import Outcome
 from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
@@ -51,17 +55,24 @@ def sample_data(event_type: str, endpoint: Endpoint) -> dict[str, Any]:
     return {}
 
 
-@contextlib.asynccontextmanager
-async def _session(request: web.Request) -> AsyncIterator[aiohttp.ClientSession]:
-    """The process's delivery client; a one-off one when the app was built without it."""
-    shared = request.app[SERVICES].get("session")
-    if isinstance(shared, aiohttp.ClientSession):
-        yield shared
+TEST_SESSION = "test_session"
+CAP = web.AppKey("test_send_cap", ConcurrencyCap)
+
+
+async def test_send_client(app: web.Application) -> AsyncIterator[None]:
+    """The app's own client for test sends, unless whoever built the app gave one."""
+    config = app[SETTINGS]
+    app[CAP] = ConcurrencyCap(config.test_send_concurrency, retry_after=1)
+    if app[SERVICES].get(TEST_SESSION) is not None:
+        yield
         return
     async with delivery_session(
-        allow_private=settings(request).allow_private_targets, max_connections=1
+        allow_private=config.allow_private_targets,
+        max_connections=config.test_send_connections,
     ) as session:
-        yield session
+        app[SERVICES][TEST_SESSION] = session
+        yield
+        del app[SERVICES][TEST_SESSION]
 
 
 @routes.post("/v1/webhooks/{id}/test")
@@ -77,6 +88,11 @@ async def _session(request: web.Request) -> AsyncIterator[aiohttp.ClientSession]
 )
 async def send_test_event(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)
+    with request.app[CAP].slot(owner.tenant_id, "test sends"):
+        return await _send_test(request, owner)
+
+
+async def _send_test(request: web.Request, owner: Principal) -> web.Response:
     spec = await parse_optional(request, SendTestRequest)
     config = settings(request)
     now = clock(request).now()
@@ -84,7 +100,8 @@ async def send_test_event(request: web.Request) -> web.Response:
         endpoint = await endpoint_store.get_endpoint(conn, owner, request.match_info["id"])
         if endpoint is None:
             raise NotFound("no such webhook endpoint")
-        secrets = (await endpoint_store.active_secrets(conn, [endpoint.id], now)).get(endpoint.id)
+        found = await endpoint_store.active_secrets(conn, [endpoint.id], now)
+        secrets = found.get(endpoint.id)
     if not secrets:
         raise Conflict("the endpoint has no active signing secret; rotate it to get one")
     event_id = ids.event_id()
@@ -100,15 +117,15 @@ async def send_test_event(request: web.Request) -> web.Response:
         signature_header=config.signature_header,
         standard_webhooks=endpoint.standard_webhooks,
     )
-    async with _session(request) as session:
-        result = await send(
-            session,
-            url=endpoint.url,
-            body=body,
-            headers=headers,
-            timeout_seconds=config.attempt_timeout_seconds,
-            allow_private=config.allow_private_targets,
-        )
+    session: aiohttp.ClientSession = request.app[SERVICES][TEST_SESSION]
+    result = await send(
+        session,
+        url=endpoint.url,
+        body=body,
+        headers=headers,
+        timeout_seconds=config.attempt_timeout_seconds,
+        allow_private=config.allow_private_targets,
+    )
     log.info(
         "test event sent",
         extra={

@@ -33,7 +33,7 @@ from api.schemas import (
     endpoint_object,
     endpoint_with_secret,
 )
-from api.urls import url_problems
+from api.urls import checked_url
 from dispatcher.errors import FieldError, NotFound, ValidationFailed
 from dispatcher.models import Endpoint, Principal
 from dispatcher.signing import generate_secret
@@ -57,16 +57,20 @@ def _validated(request: web.Request, model: type[M], data: Any, owner: Principal
     except ValidationError as exc:
         errors = field_errors(exc)
     url = data.get("url")
+    stored: str | None = None
     if isinstance(url, str) and not any(e.field == "url" for e in errors):
         config = settings(request)
-        errors += url_problems(
+        stored, problems = checked_url(
             url,
             environment=owner.environment,
             require_https=config.require_https,
             allow_private_targets=config.allow_private_targets,
         )
+        errors += problems
     if errors or parsed is None:
         raise ValidationFailed(errors)
+    if stored is not None:  # kept in the form delivery reads it: IDNA host, encoded path
+        parsed = parsed.model_copy(update={"url": stored})
     return parsed
 
 

@@ -105,7 +105,7 @@ class AppThread:
         await self._site(sink, path=socket_path)
         session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path))
         self._stack.push_async_callback(session.close)
-        app = create_app(self._settings, pool, services={"session": session})
+        app = create_app(self._settings, pool, services={"test_session": session})
         runner = await self._site(app)
         self.port = runner.addresses[0][1]
         async with pool.acquire() as conn:

@@ -44,7 +44,7 @@ async def app_client(
 
     async def factory(**overrides: Any) -> Client:
         app = create_app(
-            make_settings(**overrides), pool, clock=clock, services={"session": http_session}
+            make_settings(**overrides), pool, clock=clock, services={"test_session": http_session}
         )
         client: Client = TestClient(TestServer(app))
         await client.start_server()

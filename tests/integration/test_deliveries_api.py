@@ -170,7 +170,9 @@ async def test_attempts_of_a_page_come_in_one_query(
         conn.add_query_logger(lambda record: statements.append(record.query))
 
     counting = await asyncpg.create_pool(database_url, min_size=1, max_size=2, init=log_queries)
-    app = create_app(make_settings(), counting, clock=clock, services={"session": http_session})
+    app = create_app(
+        make_settings(), counting, clock=clock, services={"test_session": http_session}
+    )
     try:
         async with TestClient(TestServer(app)) as api:
             page = await get_json(api, log_path(endpoint), acme)

@@ -354,7 +354,7 @@ async def guarded_client(
     """The app as production runs it (no private targets), with DNS answered by a table."""
     resolver = StubResolver(BLOCKED_ANSWERS)
     async with delivery_session(allow_private=False, max_connections=5, resolver=resolver) as s:
-        app = create_app(make_settings(), pool, clock=clock, services={"session": s})
+        app = create_app(make_settings(), pool, clock=clock, services={"test_session": s})
         async with TestClient(TestServer(app)) as client:
             yield client, s
 

@@ -13,6 +13,7 @@ from dispatcher.netguard import (
     is_blocked_ip,
     literal_host_blocked,
     parse_ip_literal,
+    vet_address,
     vet_host,
 )
 
@@ -279,6 +280,29 @@ async def test_unparsable_answer_fails_closed(resolver: StubResolver, allow_priv
 
 
 def test_blocked_address_carries_host_not_url() -> None:
+    """The address is for server logs; the message tenants read names the host only."""
     exc = BlockedAddress("hooks.example", "10.0.0.1")
     assert (exc.host, exc.address) == ("hooks.example", "10.0.0.1")
-    assert str(exc) == "blocked address for host 'hooks.example' (10.0.0.1)"
+    assert str(exc) == "blocked address for host 'hooks.example'"
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "::1", "::ffff:127.0.0.1", "10.0.0.1", "fe80::1%eth0", "::1%25"]
+)
+def test_vet_address_blocks_private_peers(address: str) -> None:
+    with pytest.raises(BlockedAddress):
+        vet_address("vm", address, allow_private=False)
+    assert vet_address("vm", address, allow_private=True) == ipaddress.ip_address(address)
+
+
+@pytest.mark.parametrize("address", ["x:vm", "vm", "", "localhost", "127.1", "0x7f.1"])
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_vet_address_refuses_anything_but_an_ip_address(address: str, allow_private: bool) -> None:
+    """A name here would be resolved by the operating system, past every check."""
+    with pytest.raises(BlockedAddress):
+        vet_address("vm", address, allow_private=allow_private)
+
+
+def test_vet_address_lets_public_addresses_through() -> None:
+    assert str(vet_address("h", "93.184.216.34", allow_private=False)) == "93.184.216.34"
+    assert str(vet_address("h", "2606:4700::1111", allow_private=False)) == "2606:4700::1111"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from api.urls import MAX_URL_LENGTH, redact_url, url_problems
+from api.urls import MAX_URL_LENGTH, checked_url, redact_url, url_problems
 from dispatcher.models import Environment
+from dispatcher.urls import parse_url
 
 SANDBOX = Environment.SANDBOX
 PRODUCTION = Environment.PRODUCTION
@@ -66,7 +67,23 @@ def test_accepted(url: str) -> None:
         ("https://example.com/#frag", "must not contain a fragment"),
         ("https://example.com:99999/", "is not a valid URL"),
         ("https://example.com:abc/", "is not a valid URL"),
-        ("https://[::1/", "is not a valid URL"),
+        ("https://[::1/", "not a valid hostname"),
+        # a bracket holds an IPv6 address and nothing else: aiohttp took any host with a
+        # ":" for an IP literal and let the operating system resolve it (issue 16)
+        ("http://[x:vm]:19001/hook", "not a valid hostname"),
+        ("http://[vm]/hook", "not a valid hostname"),
+        ("http://[127.0.0.1]/", "not a valid hostname"),
+        ("http://[v1.x]/", "not a valid hostname"),
+        ("http://[::1%25]:8080/", "not a valid hostname"),  # zone ids, encoded or not
+        ("http://[fe80::1%25eth0]/", "not a valid hostname"),
+        ("http://[2606:4700::1%eth0]/", "not a valid hostname"),
+        ("http://[::1]x/", "not a valid hostname"),
+        ("http://ex%61mple.com/", "not a valid hostname"),
+        ("http://1.2.3.999/", "not a valid hostname"),  # ends in a number, yet no IPv4
+        ("http://example.123/", "not a valid hostname"),
+        ("http://xn--abc.com/", "not a valid hostname"),  # a fake A-label
+        ("http://a\u2488b.com/", "not a valid hostname"),  # UTS 46 disallows it
+        ("http://vm\uff1a19001/", "not a valid hostname"),  # a fullwidth colon is no port
         ("https://example.com:0/", "port 0"),
         ("https://exa%00mple.com/", "not a valid hostname"),
         ("https://a..b/", "not a valid hostname"),
@@ -100,6 +117,8 @@ def test_refused(url: str, expected: str) -> None:
         "127.1",
         "2130706433",
         "0x7f.0.0.1",
+        "\uff11\uff12\uff17\u3002\uff10\uff0e\uff10\uff0e\uff11",  # fullwidth 127.0.0.1
+        "localhost.",
     ],
 )
 def test_private_literal_hosts_refused_unless_allowed(host: str) -> None:
@@ -152,3 +171,51 @@ def test_messages_never_echo_credentials() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "stored"),
+    [
+        ("https://bücher.de/hooks", "https://xn--bcher-kva.de/hooks"),
+        ("https://B\u00dcCHER.de/", "https://xn--bcher-kva.de/"),
+        ("http://\uff56\uff4d:19001/", "http://vm:19001/"),  # fullwidth "vm"
+        ("http://\u0440\u0444.example\u3002com/", "http://xn--p1ai.example.com/"),
+        ("HTTPS://EXAMPLE.com./", "https://example.com./"),
+        ("https://example.com", "https://example.com/"),
+        ("https://example.com?a=b", "https://example.com/?a=b"),
+        ("https://example.com:/x", "https://example.com/x"),
+        ("https://example.com:08443/x", "https://example.com:8443/x"),
+        ("https://8.8.8.8/", "https://8.8.8.8/"),
+        ("https://134744072/", "https://8.8.8.8/"),  # inet_aton forms, read as browsers do
+        ("https://0x8.0x8.0x8.0x8/", "https://8.8.8.8/"),
+        ("https://[2606:4700:4700:0:0:0:0:1111]/", "https://[2606:4700:4700::1111]/"),
+        ("https://example.com/b\u00fccher?q=\u00fc", "https://example.com/b%C3%BCcher?q=%C3%BC"),
+        ("https://example.com/a%zz/%41", "https://example.com/a%25zz/%41"),
+        ('https://example.com/<x>"{y}"|^`', "https://example.com/%3Cx%3E%22%7By%7D%22%7C%5E%60"),
+        ("https://u:p%40ss@example.com/", "https://u:p%40ss@example.com/"),
+        ("https://j\u00fcrgen:p@ss@example.com/", "https://j%C3%BCrgen:p%40ss@example.com/"),
+    ],
+)
+def test_stored_normalised(url: str, stored: str) -> None:
+    parsed = parse_url(url)
+    assert parsed.text == stored
+    assert parse_url(parsed.text) == parsed, "normalising twice changes nothing"
+    found, problems = checked_url(
+        url, environment=SANDBOX, require_https=True, allow_private_targets=False
+    )
+    assert (found, problems) == (stored, [])
+
+
+def test_credentials_are_decoded_for_basic_auth() -> None:
+    assert parse_url("https://j\u00fcrgen:p@ss@example.com/").credentials == ("jürgen", "p@ss")
+    assert parse_url("https://token@example.com/").credentials == ("token", None)
+    assert parse_url("https://example.com/").credentials is None
+
+
+def test_idna_maps_onto_loopback_and_localhost_are_refused() -> None:
+    for url in (
+        "http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/",
+        "http://LOCALHOST/",
+        "http://0177.0.0.1/",
+    ):
+        assert any("private, loopback" in m for m in problems(url)), url
