@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from dispatcher import __version__
+from dispatcher import __version__, retention
 from dispatcher.db.migrate import migrate
 from dispatcher.db.pool import create_pool, database_url
 from dispatcher.errors import DispatcherError
@@ -204,6 +204,64 @@ async def _cmd_dead_letters_replay(settings: Settings, args: argparse.Namespace)
     return 0
 
 
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def _removal_json(r: retention.Removal) -> dict[str, Any]:
+    return {
+        "table": r.table,
+        "partition": r.partition,
+        "from": r.start.isoformat() if r.start else None,
+        "to": r.end.isoformat() if r.end else None,
+        "rows": r.rows,
+        "bytes": r.bytes,
+    }
+
+
+async def _cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
+    async with _connection(settings) as conn:
+        report = await retention.apply_retention(
+            conn, _now(), settings.retention_days, dry_run=args.dry_run
+        )
+    if args.json:
+        _print_json(
+            {
+                "cutoff": report.cutoff.isoformat(),
+                "dry_run": report.dry_run,
+                "removed": [_removal_json(r) for r in report.removed],
+                "kept": [k.__dict__ for k in report.kept],
+                "busy": report.busy,
+            }
+        )
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        print(
+            f"history older than {report.cutoff:%Y-%m-%d %H:%M} UTC"
+            f" (DISPATCHER_RETENTION_DAYS={settings.retention_days})"
+        )
+        for r in report.removed:
+            if r.partition is None:
+                print(f"{verb}  {r.table}: {r.rows:,} rows")
+                continue
+            span = f"[{r.start:%Y-%m-%d %H:%M}, {r.end:%Y-%m-%d %H:%M})" if r.start else ""
+            size = _size(r.bytes or 0)
+            print(f"{verb}  {r.table}: partition {r.partition} {span}, {r.rows:,} rows, {size}")
+        for k in report.kept:
+            print(f"kept  {k.table}: partition {k.partition} ({k.reason})")
+        if not report.removed and not report.kept:
+            print("nothing to remove")
+    if report.busy:
+        print("another process is applying retention now; run again later", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _role(api: bool, worker: bool) -> Callable[[Settings, argparse.Namespace], Awaitable[int]]:
     async def run(settings: Settings, args: argparse.Namespace) -> int:
         from dispatcher.service import serve
@@ -279,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=_cmd_dead_letters_list)
     dr.add_argument("--chunk-size", type=_positive, default=1000, help="rows per UPDATE (1000)")
     dr.set_defaults(func=_cmd_dead_letters_replay)
+
+    r = sub.add_parser("retention", help="remove expired history").add_subparsers(
+        dest="action", required=True
+    )
+    rr = r.add_parser(
+        "run", help="remove history older than DISPATCHER_RETENTION_DAYS now, and say what went"
+    )
+    rr.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    rr.add_argument("--json", action="store_true")
+    rr.set_defaults(func=_cmd_retention_run)
     return parser
 
 

@@ -1,34 +1,52 @@
-"""Housekeeping that keeps tables bounded: expired Idempotency-Key records are purged.
+"""Housekeeping every worker process runs on its own: retention, and gauges of what is kept.
 
-Keys are honoured for 24 hours (as Stripe does); a replay after that runs the request again.
+Every replica runs it at start and then every few minutes; the retention lock lets one of
+them work while the others skip, so adding replicas adds no load.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 
-from dispatcher.db import queries as q
+from dispatcher import metrics
+from dispatcher.clock import Clock, SystemClock
+from dispatcher.db.pool import DB_ERRORS
+from dispatcher.retention import RetentionReport, apply_retention, refresh_retained_gauges
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_RETENTION = timedelta(hours=24)
+MAINTENANCE_INTERVAL_SECONDS = 600.0
 
 
-async def purge_idempotency_keys(conn: asyncpg.Connection, now: datetime) -> int:
-    status = await conn.execute(q.PURGE_IDEMPOTENCY_KEYS, now - IDEMPOTENCY_RETENTION)
-    return int(status.rsplit(" ", 1)[-1])
+async def maintain(pool: asyncpg.Pool, now: datetime, retention_days: int) -> RetentionReport:
+    """One round: remove expired history, then refresh the gauges of what is kept."""
+    async with pool.acquire() as conn:
+        report = await apply_retention(conn, now, retention_days)
+        await refresh_retained_gauges(conn, now)
+    if not report.busy:  # a busy round means another process is doing it right now
+        metrics.RETENTION_LAST_RUN.set(now.timestamp())
+    for removal in report.removed:
+        what = removal.partition or "expired rows"
+        log.info(f"retention removed {what} of {removal.table} ({removal.rows} rows)")
+    for kept in report.kept:
+        log.info(f"retention kept {kept.partition} of {kept.table}: {kept.reason}")
+    return report
 
 
-async def maintain_forever(pool: asyncpg.Pool, interval: float = 300.0) -> None:
+async def maintain_forever(
+    pool: asyncpg.Pool,
+    retention_days: int,
+    clock: Clock | None = None,
+    interval: float = MAINTENANCE_INTERVAL_SECONDS,
+) -> None:
+    source = clock or SystemClock()
     while True:
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            async with pool.acquire() as conn:
-                purged = await purge_idempotency_keys(conn, datetime.now(UTC))
-            if purged:
-                log.info(f"purged {purged} expired idempotency keys")
+        try:
+            await maintain(pool, source.now(), retention_days)
+        except DB_ERRORS as exc:
+            log.warning(f"maintenance failed ({type(exc).__name__}); retrying in {interval:g} s")
         await asyncio.sleep(interval)

@@ -35,3 +35,18 @@ for _outcome in Outcome:
     DELIVERY_ATTEMPTS.labels(outcome=_outcome.value)
 for _state in ("enabled", "disabled", "circuit_open"):
     ENDPOINTS.labels(state=_state)
+RETENTION_REMOVED = Counter(
+    "webhook_retention_removed",
+    "Rows removed by retention, by table (dropped partitions count by planner estimate)",
+    ["table"],
+)
+RETAINED_BYTES = Gauge(
+    "webhook_retained_bytes", "Bytes on disk of the tables retention bounds", ["table"]
+)
+RETAINED_DAYS = Gauge(
+    "webhook_retained_days", "How many days back each partitioned history table reaches", ["table"]
+)
+RETENTION_LAST_RUN = Gauge(
+    "webhook_retention_last_run_timestamp_seconds",
+    "When this process last finished a retention round (Unix time; 0: not yet)",
+)

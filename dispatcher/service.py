@@ -101,7 +101,7 @@ async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: b
                 for coro, name in (
                     (listener.run(), "listener"),
                     (refresh_gauges_forever(pool), "gauges"),
-                    (maintain_forever(pool), "maintenance"),
+                    (maintain_forever(pool, settings.retention_days), "maintenance"),
                 ):
                     _ = await stack.enter_async_context(background(coro, name))
                 if not api:  # the API port serves /metrics otherwise

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.errors import ConfigError
@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     retry_max_delay_seconds: float = Field(default=36000.0, gt=0)
     retry_max_age_seconds: float = Field(default=86400.0, gt=0)
     retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    # history (events, attempts, outcomes) is kept this long, then removed by whole partitions
+    retention_days: int = Field(default=30, ge=1, le=3650)
 
     worker_concurrency: int = Field(default=64, ge=1, le=10000)
     endpoint_concurrency: int = Field(default=16, ge=1, le=1000)
@@ -65,6 +67,18 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=10, ge=1)
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention_outlives_retries(cls, days: int, info: ValidationInfo) -> int:
+        """History must outlive a delivery's retry window, or a retry would lose its event."""
+        max_age = info.data.get("retry_max_age_seconds")
+        if max_age is not None and days * 86400 <= max_age:
+            raise ValueError(
+                f"must exceed the retry max age (DISPATCHER_RETRY_MAX_AGE_SECONDS={max_age:g}"
+                f" s, {max_age / 86400:g} days)"
+            )
+        return days
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -168,9 +168,6 @@ ON CONFLICT (scope, key) DO NOTHING
 # $1 scope, $2 key -> waits until a concurrent request with the same key has committed
 LOCK_IDEMPOTENCY_KEY = "SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))"
 
-# $1 older_than
-PURGE_IDEMPOTENCY_KEYS = "DELETE FROM idempotency_keys WHERE created_at < $1"
-
 # ---- mailings and events (ingest) ---------------------------------------------------------
 
 # $1 lock keys (bigint[]) -> serializes writers of the same mailings; sorted to avoid deadlocks
@@ -636,3 +633,61 @@ GET_EVENT_CURSOR = """
 SELECT created_at, id FROM events
 WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND mailing_id = $4
 """
+
+# ---- retention ------------------------------------------------------------------------------
+
+# -> true when this transaction now holds the retention lock; false while another process
+# applies retention (it is released at commit, so a crashed run never blocks the next one)
+TRY_RETENTION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended('dispatcher.retention', 0))"
+
+# Taken shared (for the transaction) by whatever puts an existing event back in the queue
+# (replay, retry): retention takes it exclusively while it checks that nothing pending needs a
+# partition and drops it, so a replay never re-queues a delivery whose event is being removed.
+LOCK_REQUEUE_SHARED = (
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended('dispatcher.requeue', 0))"
+)
+LOCK_REQUEUE_EXCLUSIVE = "SELECT pg_advisory_xact_lock(hashtextextended('dispatcher.requeue', 0))"
+
+# $1 names of range-partitioned parents (resolved on the search_path; unknown names are
+# skipped) -> each one's partitions: bound as PostgreSQL prints it, planner row estimate (-1
+# before the first ANALYZE) and size on disk with indexes and TOAST
+HISTORY_PARTITIONS = """
+SELECT t.name AS parent, c.oid::regclass::text AS partition,
+       pg_get_expr(c.relpartbound, c.oid) AS bound,
+       c.reltuples::bigint AS estimated_rows, pg_total_relation_size(c.oid) AS bytes
+FROM unnest($1::text[]) AS t (name)
+JOIN pg_partitioned_table pt ON pt.partrelid = to_regclass(t.name)
+JOIN pg_inherits i ON i.inhparent = pt.partrelid
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE pt.partstrat = 'r' AND pt.partnatts = 1
+ORDER BY t.name, c.relname
+"""
+
+# $1 table name -> its size in pages (batched trims walk it page range by page range)
+TABLE_PAGES = """
+SELECT (pg_relation_size(to_regclass($1)) / current_setting('block_size')::int)::bigint
+"""
+
+# $1 table name -> bytes on disk with indexes and TOAST (0 when absent)
+TABLE_BYTES = "SELECT COALESCE(pg_total_relation_size(to_regclass($1)), 0)"
+
+# $1 first page, $2 page after the last, $3 cutoff -> mailings in those pages whose last
+# change is older than the cutoff, deleted (a TID range scan: bounded work, no index needed)
+TRIM_MAILINGS = """
+DELETE FROM mailings
+WHERE ctid >= format('(%s,0)', $1::bigint)::tid AND ctid < format('(%s,0)', $2::bigint)::tid
+  AND updated_at < $3
+"""
+
+# $1 cutoff -> how many mailings TRIM_MAILINGS would delete (dry run)
+COUNT_EXPIRED_MAILINGS = "SELECT count(*) FROM mailings WHERE updated_at < $1"
+
+# $1 first page, $2 page after the last, $3 cutoff -> expired Idempotency-Key records deleted
+TRIM_IDEMPOTENCY_KEYS = """
+DELETE FROM idempotency_keys
+WHERE ctid >= format('(%s,0)', $1::bigint)::tid AND ctid < format('(%s,0)', $2::bigint)::tid
+  AND created_at < $3
+"""
+
+# $1 cutoff -> how many TRIM_IDEMPOTENCY_KEYS would delete (dry run)
+COUNT_EXPIRED_IDEMPOTENCY_KEYS = "SELECT count(*) FROM idempotency_keys WHERE created_at < $1"

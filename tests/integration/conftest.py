@@ -23,6 +23,7 @@ from dispatcher.store import endpoints as endpoint_store
 from dispatcher.transitions import MailingStatus
 from dispatcher.worker import Worker, WorkerConfig
 from tests.conftest import TenantKeys, make_settings
+from tests.integration.history_tables import scratch  # noqa: F401 - retention tests' tables
 
 Client = TestClient[Any, Any]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -27,6 +27,7 @@ from dispatcher.gauges import refresh_gauges
 from dispatcher.metrics_server import create_metrics_app, metrics_listener
 from dispatcher.models import Environment, Principal
 from dispatcher.policy import Outcome, RetryPolicy
+from dispatcher.retention import BOUNDED_TABLES
 from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.transitions import MailingStatus
@@ -286,7 +287,11 @@ async def test_gauges_reflect_the_backlog_after_a_refresh(
 
 
 _ID = re.compile(r"\b(ten|ep|evt|key|dlv|ml)_[0-9A-Za-z]+")
-BOUNDED = {"outcome": {o.value for o in Outcome}, "state": {"enabled", "disabled", "circuit_open"}}
+BOUNDED = {
+    "outcome": {o.value for o in Outcome},
+    "state": {"enabled", "disabled", "circuit_open"},
+    "table": set(BOUNDED_TABLES),
+}
 
 
 async def test_no_label_anywhere_carries_a_tenant_or_endpoint_id(
