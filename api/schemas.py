@@ -29,6 +29,7 @@ from dispatcher.transitions import EVENT_TYPES, WILDCARD_PATTERNS, valid_event_p
 MAX_METADATA_BYTES = MAX_JSON_OBJECT_BYTES
 MAX_DESCRIPTION_CHARS = 500
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
+Signing = Literal["hmac", "ed25519"]
 
 
 def _check_pattern(pattern: str) -> str:
@@ -138,6 +139,13 @@ class EndpointCreate(BaseModel):
     standard_webhooks: bool = Field(
         default=False, description="Also send the Standard Webhooks signature headers."
     )
+    signing: Signing = Field(
+        default="hmac",
+        description="'hmac': shared secrets sign X-Bjet24-Signature, X-Signature (and the "
+        "Standard Webhooks v1 signature when standard_webhooks is true). 'ed25519': a key "
+        "pair signs the Standard Webhooks headers with a v1a signature, which receivers "
+        "verify with the endpoint's public_key; there is no shared secret. Fixed at creation.",
+    )
 
 
 _NOT_NULLABLE = ("url", "events", "enabled", "metadata", "standard_webhooks")
@@ -167,6 +175,18 @@ class EndpointUpdate(BaseModel):
     enabled: bool | None = None
     metadata: Metadata | None = None
     standard_webhooks: bool | None = None
+    signing: Any = Field(
+        default=None,
+        description="Not changeable: an endpoint signs as chosen at creation. Create a new "
+        "endpoint to switch, and delete the old one once receivers verify the new one.",
+    )
+
+    @field_validator("signing", mode="before")
+    @classmethod
+    def _fixed_signing(cls, value: Any) -> Any:
+        raise ValueError(
+            "signing is fixed at creation; create a new endpoint to change how it signs"
+        )
 
     @field_validator(*_NOT_NULLABLE, mode="before")
     @classmethod
@@ -208,6 +228,11 @@ class EndpointObject(BaseModel):
     )
     metadata: dict[str, Any]
     standard_webhooks: bool
+    signing: Signing = Field(description="'hmac' or 'ed25519'; see POST /v1/webhooks.")
+    public_key: str | None = Field(
+        description="ed25519 endpoints: the newest public key ('whpk_' + base64 of the 32-byte "
+        "key), to verify the v1a signatures with. Not a secret. Null for hmac endpoints."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -241,7 +266,10 @@ class EndpointDetail(EndpointObject):
 class EndpointWithSecret(EndpointObject):
     """Returned by create and rotate-secret: the only times the secret is ever shown."""
 
-    secret: str = Field(description="The signing secret; store it now, it is not shown again.")
+    secret: str | None = Field(
+        description="The signing secret; store it now, it is not shown again. Null for an "
+        "ed25519 endpoint: it has no shared secret (verify with public_key)."
+    )
 
 
 class EndpointList(ListPage[EndpointObject]):
@@ -267,13 +295,16 @@ def endpoint_object(endpoint: Endpoint) -> EndpointObject:
         disabled_reason=endpoint.disabled_reason,
         metadata=endpoint.metadata,
         standard_webhooks=endpoint.standard_webhooks,
+        signing=endpoint.signing,
+        public_key=endpoint.public_key,
         created_at=endpoint.created_at,
         updated_at=endpoint.updated_at,
     )
 
 
 def endpoint_with_secret(endpoint: Endpoint) -> EndpointWithSecret:
-    if endpoint.secret is None:
+    """Create and rotate answers: the new HMAC secret, or the new public key (ed25519)."""
+    if endpoint.secret is None and endpoint.signing == "hmac":
         raise ValueError("endpoint_with_secret needs an endpoint that carries its new secret")
     shown = endpoint_object(endpoint)
     return EndpointWithSecret(**shown.model_dump(), secret=endpoint.secret)

@@ -15,7 +15,7 @@ from yarl import URL
 
 from dispatcher.netguard import BlockedAddress, is_blocked_ip
 from dispatcher.policy import Outcome, classify_status
-from dispatcher.signing import build_signature_headers
+from dispatcher.signing import HMAC, build_signature_headers
 from dispatcher.urls import InvalidUrl, parse_url
 
 RESPONSE_EXCERPT_BYTES = 1024
@@ -70,6 +70,7 @@ def delivery_headers(
     timestamp: int,
     signature_header: str,
     standard_webhooks: bool,
+    signing: str = HMAC,
 ) -> dict[str, str]:
     headers = {
         "Content-Type": "application/json",
@@ -85,6 +86,7 @@ def delivery_headers(
             event_id=event_id,
             header_name=signature_header,
             standard_webhooks=standard_webhooks,
+            signing=signing,
         )
     )
     return headers

@@ -33,11 +33,13 @@ CONTEXT_FIELDS = (
 )
 
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]*(:[^/\s@]*)?@")
-_SECRETS = re.compile(r"(whsec_[A-Za-z0-9+/=]{4,}|sk_(?:sandbox|production)_[A-Za-z0-9_-]{4,})")
+_SECRETS = re.compile(
+    r"((?:whsec|whsk)_[A-Za-z0-9+/=]{4,}|sk_(?:sandbox|production)_[A-Za-z0-9_-]{4,})"
+)
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
 
 
-_MARKERS = ("@", "whsec_", "sk_", "earer")
+_MARKERS = ("@", "whsec_", "whsk_", "sk_", "earer")
 
 
 def scrub(text: str) -> str:

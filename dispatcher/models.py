@@ -80,6 +80,8 @@ class Endpoint:
     standard_webhooks: bool
     created_at: datetime
     updated_at: datetime
+    signing: str = "hmac"  # "hmac" or "ed25519", fixed at creation
+    public_key: str | None = None  # the newest whpk_ key of an ed25519 endpoint
     secret: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -97,6 +99,8 @@ class Endpoint:
             row["standard_webhooks"],
             row["created_at"],
             row["updated_at"],
+            row["signing"],
+            row["public_key"],
         )
 
 

@@ -44,6 +44,7 @@ class Job:
     secrets: list[str]
     age_origin: datetime  # the event's acceptance, or the last replay: the max age counts from it
     schedule_attempt: int  # attempts since that origin: the backoff step
+    signing: str = "hmac"  # what `secrets` are: HMAC secrets, or ed25519 private keys
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ async def claim(
             list(r["secrets"]),
             r["age_origin"],
             r["schedule_attempt"],
+            r["signing"],
         )
         for r in rows
     ]

@@ -1,11 +1,17 @@
 """Request signatures, pure: no clock, no I/O, so known-answer vectors can pin every byte.
 
-Three schemes ride on every delivery (SPEC section 5):
+An endpoint signs with shared HMAC secrets (``signing: "hmac"``, the default) or with
+ed25519 key pairs (``signing: "ed25519"``). HMAC endpoints get, on every delivery:
 
 - ``X-Bjet24-Signature: t=<ts>,v1=<hex>[,v1=<hex>...]``: Stripe's scheme, HMAC-SHA256 over
   ``"<t>." + body`` keyed by the whole secret string, one ``v1`` per active secret.
 - ``X-Signature: sha256=<hex>``: the e-invoice sorted-key scheme.
-- optionally the Standard Webhooks headers ``webhook-id``/``-timestamp``/``-signature``.
+- optionally the Standard Webhooks headers ``webhook-id``/``-timestamp``/``-signature: v1,``.
+
+Ed25519 endpoints hold no shared secret, so they get only the Standard Webhooks headers, with
+``webhook-signature: v1a,<base64 ed25519 signature>``: receivers verify with the public key
+(``whpk_``) and can forge nothing. During a rotation every active secret or key signs, the
+oldest first and the newest last.
 """
 
 from __future__ import annotations
@@ -21,11 +27,19 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 DEFAULT_SIGNATURE_HEADER = "X-Bjet24-Signature"
 SORTED_KEY_HEADER = "X-Signature"
 SECRET_PREFIX = "whsec_"
 SECRET_RANDOM_BYTES = 24
+PRIVATE_KEY_PREFIX = "whsk_"
+PUBLIC_KEY_PREFIX = "whpk_"
+ED25519_KEY_BYTES = 32
+HMAC = "hmac"
+ED25519 = "ed25519"
+SIGNING_SCHEMES = (HMAC, ED25519)
 DEFAULT_TOLERANCE_SECONDS = 300
 
 
@@ -132,13 +146,19 @@ def build_signature_headers(
     event_id: str,
     header_name: str = DEFAULT_SIGNATURE_HEADER,
     standard_webhooks: bool,
+    signing: str = HMAC,
 ) -> dict[str, str]:
     """Every signature header of one attempt, so the sender has a single call to make.
 
-    ``secrets`` are oldest first. ``X-Signature`` uses only the newest (last) secret: the
-    e-invoice scheme has one value.
+    ``secrets`` are oldest first: HMAC secrets, or ``whsk_`` private keys when ``signing`` is
+    ``"ed25519"``. ``X-Signature`` uses only the newest (last) secret: the e-invoice scheme
+    has one value.
     """
     _require_secrets(secrets)
+    if signing == ED25519:
+        return ed25519_headers(secrets, event_id, timestamp, body)
+    if signing != HMAC:
+        raise ValueError(f"unknown signing scheme {signing!r}")
     headers = {
         header_name: sign_v1(secrets, timestamp, body),
         SORTED_KEY_HEADER: sign_sha256_body(secrets[-1], body),
@@ -146,6 +166,56 @@ def build_signature_headers(
     if standard_webhooks:
         headers.update(standard_webhooks_headers(secrets, event_id, timestamp, body))
     return headers
+
+
+# ---- ed25519 (Standard Webhooks v1a) -------------------------------------------------------
+
+
+def _private_key(private_key: str) -> Ed25519PrivateKey:
+    if not private_key.startswith(PRIVATE_KEY_PREFIX):
+        # An HMAC secret here would mean a mixed-up endpoint: refuse rather than guess.
+        raise ValueError(f"an ed25519 private key starts with {PRIVATE_KEY_PREFIX!r}")
+    raw = base64.b64decode(private_key.removeprefix(PRIVATE_KEY_PREFIX), validate=True)
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def generate_ed25519_key(rng_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """``whsk_`` + base64 of a 32-byte ed25519 private key (the RFC 8032 seed)."""
+    raw = rng_bytes(ED25519_KEY_BYTES)
+    if len(raw) != ED25519_KEY_BYTES:
+        raise ValueError(f"rng_bytes returned {len(raw)} bytes, wanted {ED25519_KEY_BYTES}")
+    return PRIVATE_KEY_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def ed25519_public_key(private_key: str) -> str:
+    """``whpk_`` + base64 of the raw 32-byte public key: what receivers verify with."""
+    public = _private_key(private_key).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return PUBLIC_KEY_PREFIX + base64.b64encode(public).decode("ascii")
+
+
+def sign_v1a(private_keys: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
+    """``webhook-signature`` value: one ``v1a,<base64>`` per key, space separated.
+
+    Ed25519 (RFC 8032) signatures are deterministic, so this stays pure and testable by
+    known answers, like the HMAC schemes.
+    """
+    _require_secrets(private_keys)
+    signed = f"{msg_id}.{int(timestamp)}.".encode() + body
+    return " ".join(
+        "v1a," + base64.b64encode(_private_key(k).sign(signed)).decode("ascii")
+        for k in private_keys
+    )
+
+
+def ed25519_headers(
+    private_keys: Sequence[str], msg_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """Standard Webhooks headers signed with ed25519; ``msg_id`` is the event id."""
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(timestamp)),
+        "webhook-signature": sign_v1a(private_keys, msg_id, timestamp, body),
+    }
 
 
 def generate_secret(rng_bytes: Callable[[int], bytes] = os.urandom) -> str:

@@ -132,6 +132,7 @@ class Worker:
             timestamp=unix_seconds(started),
             signature_header=self._config.signature_header,
             standard_webhooks=job.standard_webhooks,
+            signing=job.signing,
         )
         result = await send(
             self._session,

@@ -28,6 +28,7 @@ from dispatcher.logs import JsonFormatter
 
 PATTERNS = (
     re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"),
+    re.compile(r"whsk_[A-Za-z0-9+/=]{8,}"),  # ed25519 private keys
     re.compile(r"sk_(?:sandbox|production)_[A-Za-z0-9_-]{8,}"),
 )
 _NAMES = re.compile(r"PASSWORD|SECRET|TOKEN")

@@ -116,6 +116,7 @@ async def _send_test(request: web.Request, owner: Principal) -> web.Response:
         timestamp=unix_seconds(now),
         signature_header=config.signature_header,
         standard_webhooks=endpoint.standard_webhooks,
+        signing=endpoint.signing,
     )
     session: aiohttp.ClientSession = request.app[SERVICES][TEST_SESSION]
     result = await send(

@@ -36,7 +36,6 @@ from api.schemas import (
 from api.urls import checked_url
 from dispatcher.errors import FieldError, NotFound, ValidationFailed
 from dispatcher.models import Endpoint, Principal
-from dispatcher.signing import generate_secret
 from dispatcher.store import endpoints as store
 from dispatcher.transitions import EVENT_TYPE_CATALOG
 
@@ -89,7 +88,8 @@ def _show(model: BaseModel, status: int = 200) -> web.Response:
     body=EndpointCreate,
     responses={201: EndpointWithSecret},
     idempotent=True,
-    description="The answer carries the signing secret: the only time it is shown.",
+    description="The answer carries the signing secret: the only time it is shown "
+    "(an ed25519 endpoint has no secret: the answer shows its public_key).",
 )
 async def create_webhook(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)
@@ -102,12 +102,13 @@ async def create_webhook(request: web.Request) -> web.Response:
             owner,
             url=spec.url,
             event_types=spec.events,
-            secret=spec.secret or generate_secret(),
+            secret=spec.secret,
             now=now,
             description=spec.description,
             enabled=spec.enabled,
             metadata=spec.metadata,
             standard_webhooks=spec.standard_webhooks,
+            signing=spec.signing,
         )
         return _show(endpoint_with_secret(endpoint), status=201)
 
@@ -237,7 +238,9 @@ async def delete_webhook(request: web.Request) -> web.Response:
     responses={200: EndpointWithSecret},
     idempotent=True,
     description="The new secret is returned once. Previous secrets keep signing alongside "
-    "it (one v1= each, oldest first, the newest last) for overlap_seconds.",
+    "it (one v1= each, oldest first, the newest last) for overlap_seconds. An ed25519 "
+    "endpoint gets a new key pair instead: the answer shows its new public_key, and the "
+    "previous keys keep signing (one v1a each) for overlap_seconds.",
 )
 async def rotate_webhook_secret(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)
@@ -249,8 +252,7 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
     now = clock(request).now()
 
     async def write(conn: asyncpg.Connection) -> web.Response:
-        secret = spec.secret or generate_secret()
-        endpoint = await store.rotate_secret(conn, owner, endpoint_id, secret, overlap, now)
+        endpoint = await store.rotate_secret(conn, owner, endpoint_id, spec.secret, overlap, now)
         if endpoint is None:
             raise _not_found()
         return _show(endpoint_with_secret(endpoint))

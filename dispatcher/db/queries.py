@@ -48,15 +48,15 @@ RETURNING id, tenant_id, environment
 
 ENDPOINT_COLUMNS = """
 id, tenant_id, environment, url, description, event_types, enabled, disabled_reason,
-metadata, standard_webhooks, created_at, updated_at
+metadata, standard_webhooks, created_at, updated_at, signing, public_key
 """
 
 # $1 id, $2 tenant_id, $3 environment, $4 url, $5 description, $6 event_types, $7 enabled,
-# $8 metadata, $9 standard_webhooks, $10 created_at
+# $8 metadata, $9 standard_webhooks, $10 created_at, $11 signing, $12 public_key (ed25519)
 INSERT_ENDPOINT = f"""
 INSERT INTO endpoints (id, tenant_id, environment, url, description, event_types, enabled,
-                       metadata, standard_webhooks, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+                       metadata, standard_webhooks, created_at, updated_at, signing, public_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)
 RETURNING {ENDPOINT_COLUMNS}
 """
 
@@ -135,6 +135,11 @@ FROM endpoints e WHERE e.id = $1
 # $1 endpoint_id, $2 secret, $3 created_at
 INSERT_SECRET = """
 INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)
+"""
+
+# $1 endpoint_id, $2 public key (NULL for HMAC endpoints) -> the key the endpoint shows
+SET_PUBLIC_KEY = """
+UPDATE endpoints SET public_key = $2 WHERE id = $1
 """
 
 # $1 endpoint_id, $2 expires_at -> retires the live secrets (they still sign until then)
@@ -320,7 +325,7 @@ claimed AS (
 SELECT c.id, c.event_id, c.endpoint_id, c.attempts, ev.event_type, ev.created_at AS event_created_at,
        COALESCE(c.replayed_at, ev.created_at) AS age_origin,
        c.attempts - c.attempts_before_replay AS schedule_attempt,
-       ev.body, ep.url, ep.standard_webhooks,
+       ev.body, ep.url, ep.standard_webhooks, ep.signing,
        ARRAY(SELECT s.secret FROM endpoint_secrets s
              WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)
              ORDER BY s.created_at, s.id) AS secrets

@@ -11,8 +11,16 @@ import asyncpg
 
 from dispatcher import ids
 from dispatcher.db import queries as q
+from dispatcher.errors import FieldError, ValidationFailed
 from dispatcher.ids import EndpointId
 from dispatcher.models import DeliveryState, Endpoint, Principal
+from dispatcher.signing import (
+    ED25519,
+    HMAC,
+    ed25519_public_key,
+    generate_ed25519_key,
+    generate_secret,
+)
 
 
 @dataclass(frozen=True)
@@ -34,13 +42,20 @@ async def create_endpoint(
     *,
     url: str,
     event_types: list[str],
-    secret: str,
     now: datetime,
+    secret: str | None = None,
     description: str | None = None,
     enabled: bool = True,
     metadata: dict[str, Any] | None = None,
     standard_webhooks: bool = False,
+    signing: str = HMAC,
 ) -> Endpoint:
+    """A new endpoint with its first secret (given or generated) or its first key pair.
+
+    The returned endpoint carries the HMAC secret, to be shown once; an ed25519 endpoint
+    carries only its public key: its private key never leaves the dispatcher.
+    """
+    material = _signing_material(signing, secret)
     async with conn.transaction():
         row = await conn.fetchrow(
             q.INSERT_ENDPOINT,
@@ -54,10 +69,35 @@ async def create_endpoint(
             metadata or {},
             standard_webhooks,
             now,
+            signing,
+            _public_key(signing, material),
         )
-        await conn.execute(q.INSERT_SECRET, row["id"], secret, now)
+        await conn.execute(q.INSERT_SECRET, row["id"], material, now)
     endpoint = Endpoint.from_row(row)
-    return Endpoint(**{**endpoint.__dict__, "secret": secret})
+    return _with_shown_secret(endpoint, material)
+
+
+def _signing_material(signing: str, secret: str | None) -> str:
+    """The value endpoint_secrets keeps: an HMAC secret or an ed25519 private key."""
+    if signing == HMAC:
+        return secret if secret is not None else generate_secret()
+    if signing != ED25519:
+        raise ValueError(f"unknown signing scheme {signing!r}")
+    if secret is not None:
+        raise ValidationFailed(
+            [FieldError("secret", "an ed25519 endpoint's key pair is generated; omit secret")]
+        )
+    return generate_ed25519_key()
+
+
+def _public_key(signing: str, material: str) -> str | None:
+    return ed25519_public_key(material) if signing == ED25519 else None
+
+
+def _with_shown_secret(endpoint: Endpoint, material: str) -> Endpoint:
+    """Only a shared secret is shown to the tenant; a private key is never shown."""
+    shown = material if endpoint.signing == HMAC else None
+    return Endpoint(**{**endpoint.__dict__, "secret": shown})
 
 
 async def get_endpoint(
@@ -145,18 +185,27 @@ async def rotate_secret(
     conn: asyncpg.Connection,
     owner: Principal,
     endpoint_id: str,
-    new_secret: str,
+    new_secret: str | None,
     overlap_seconds: float,
     now: datetime,
 ) -> Endpoint | None:
-    """The old secrets keep signing for the overlap, so receivers can switch without a gap."""
+    """The old secrets (or keys) keep signing for the overlap: receivers switch without a gap.
+
+    ``new_secret`` None generates one: an HMAC secret, or an ed25519 key pair whose public
+    key the endpoint shows from now on.
+    """
     async with conn.transaction():
         endpoint = await get_endpoint(conn, owner, endpoint_id)
         if endpoint is None:
             return None
+        material = _signing_material(endpoint.signing, new_secret)
         await conn.execute(q.EXPIRE_SECRETS, endpoint_id, now + timedelta(seconds=overlap_seconds))
-        await conn.execute(q.INSERT_SECRET, endpoint_id, new_secret, now)
-    return Endpoint(**{**endpoint.__dict__, "secret": new_secret})
+        await conn.execute(q.INSERT_SECRET, endpoint_id, material, now)
+        public_key = _public_key(endpoint.signing, material)
+        if public_key is not None:
+            await conn.execute(q.SET_PUBLIC_KEY, endpoint_id, public_key)
+    rotated = Endpoint(**{**endpoint.__dict__, "public_key": public_key})
+    return _with_shown_secret(rotated, material)
 
 
 async def active_secrets(

@@ -198,7 +198,8 @@ def _record_with_exception() -> logging.LogRecord:
         raise ConnectionError(
             f"cannot reach http://alice:{URL_PASSWORD}@hooks.example.com/x with "
             f"Authorization: Bearer {PLATFORM_TOKEN} signing with "
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw for sk_production_AbCdEf0123456789"
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw for sk_production_AbCdEf0123456789, "
+            "whsk_nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A="
         )
     except ConnectionError:
         return logging.LogRecord(
@@ -221,6 +222,7 @@ def test_tracebacks_and_messages_are_scrubbed(formatter: logging.Formatter) -> N
         PLATFORM_TOKEN,
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "sk_production_AbCdEf0123456789",
+        "whsk_nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=",
     ):
         assert secret not in line
     assert "ConnectionError" in line and "hooks.example.com" in line, "the rest stays readable"

@@ -6,7 +6,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
+import shutil
+import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,15 +17,21 @@ from typing import Any
 
 import pytest
 import stripe
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from dispatcher.signing import (
     build_signature_headers,
     canonical_json,
+    ed25519_headers,
+    ed25519_public_key,
+    generate_ed25519_key,
     generate_secret,
     sign_sha256_body,
     sign_sorted_key_sha256,
     sign_v1,
+    sign_v1a,
     standard_webhooks_headers,
     verify_v1,
 )
@@ -288,3 +297,121 @@ def test_verify_v1_rejects_tampering_and_wrong_secret(body: bytes) -> None:
 )
 def test_verify_v1_rejects_malformed_headers(body: bytes, header: str) -> None:
     assert not verify_v1(header, [NEW], body, now=1_000_000)
+
+
+# -- ed25519 (Standard Webhooks v1a) -------------------------------------------------------
+
+# RFC 8032 section 7.1, test 1: the private key (seed) and the public key it must give.
+RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+RFC8032_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+RFC8032_EMPTY_SIGNATURE = bytes.fromhex(
+    "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+)
+ED_OLD = "whsk_" + base64.b64encode(RFC8032_SEED).decode()
+ED_NEW = generate_ed25519_key(lambda n: bytes(range(n)))
+
+
+def _public(whpk: str) -> Ed25519PublicKey:
+    assert whpk.startswith("whpk_")
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(whpk.removeprefix("whpk_")))
+
+
+def test_ed25519_keys_follow_rfc_8032() -> None:
+    assert ed25519_public_key(ED_OLD) == "whpk_" + base64.b64encode(RFC8032_PUBLIC).decode()
+    # The primitive itself, on the RFC's own message (empty): a known answer.
+    _public(ed25519_public_key(ED_OLD)).verify(RFC8032_EMPTY_SIGNATURE, b"")
+
+
+def test_generate_ed25519_key_shape_and_rng() -> None:
+    assert "whsk_" + base64.b64encode(bytes(range(32))).decode() == ED_NEW
+    keys = {generate_ed25519_key() for _ in range(10)}
+    assert len(keys) == 10
+    assert all(re.fullmatch(r"whsk_[A-Za-z0-9+/]{43}=", k) for k in keys)
+    assert re.fullmatch(r"whpk_[A-Za-z0-9+/]{43}=", ed25519_public_key(keys.pop()))
+    with pytest.raises(ValueError):
+        generate_ed25519_key(lambda n: b"\x00" * (n - 1))
+
+
+def _v1a_entries(value: str) -> list[bytes]:
+    entries = value.split(" ")
+    assert all(e.startswith("v1a,") for e in entries)
+    return [base64.b64decode(e.removeprefix("v1a,")) for e in entries]
+
+
+def test_v1a_verifies_with_each_public_key_newest_last(body: bytes) -> None:
+    headers = ed25519_headers([ED_OLD, ED_NEW], "evt_42", 1_762_780_249, body)
+    assert headers["webhook-id"] == "evt_42"
+    assert headers["webhook-timestamp"] == "1762780249"
+    old_sig, new_sig = _v1a_entries(headers["webhook-signature"])
+    signed = b"evt_42.1762780249." + body
+    _public(ed25519_public_key(ED_OLD)).verify(old_sig, signed)
+    _public(ed25519_public_key(ED_NEW)).verify(new_sig, signed)
+    with pytest.raises(InvalidSignature):
+        _public(ed25519_public_key(ED_NEW)).verify(old_sig, signed)
+    with pytest.raises(InvalidSignature):
+        _public(ed25519_public_key(ED_OLD)).verify(old_sig, signed + b" ")
+
+
+def test_v1a_is_deterministic(body: bytes) -> None:
+    """Pure like the HMAC schemes: same key, id, time and body give the same signature."""
+    first = sign_v1a([ED_OLD], "evt_1", 1, body)
+    assert first == sign_v1a([ED_OLD], "evt_1", 1, body)
+    assert first != sign_v1a([ED_OLD], "evt_1", 2, body)
+
+
+def test_ed25519_endpoint_headers_carry_no_shared_secret_scheme(body: bytes) -> None:
+    headers = build_signature_headers(
+        secrets=[ED_OLD], timestamp=5, body=body, event_id="evt_7",
+        standard_webhooks=False, signing="ed25519",
+    )  # fmt: skip
+    assert set(headers) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert headers["webhook-signature"].startswith("v1a,")
+
+
+def test_v1a_verified_by_node_crypto(body: bytes, tmp_path: Path) -> None:
+    """An independent implementation (OpenSSL through node:crypto) accepts our signatures."""
+    node = shutil.which("node")
+    if node is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("node is required in CI (.ci/run installs it)")
+        pytest.skip("node is not installed")
+    headers = ed25519_headers([ED_OLD, ED_NEW], "evt_9", 1_700_000_000, body)
+    (tmp_path / "body").write_bytes(body)
+    script = """
+const crypto = require("node:crypto"), fs = require("node:fs");
+const [bodyPath, id, ts, sigs, ...keys] = process.argv.slice(1);
+const msg = Buffer.concat([Buffer.from(`${id}.${ts}.`), fs.readFileSync(bodyPath)]);
+const entries = sigs.split(" ").map(e => Buffer.from(e.split(",")[1], "base64"));
+for (const whpk of keys) {
+  const key = crypto.createPublicKey({format: "jwk", key: {kty: "OKP", crv: "Ed25519",
+      x: Buffer.from(whpk.slice(5), "base64").toString("base64url")}});
+  console.log(entries.map(s => crypto.verify(null, msg, key, s)).join(","));
+}
+"""
+    done = subprocess.run(
+        [node, "-e", script, str(tmp_path / "body"), "evt_9", "1700000000",
+         headers["webhook-signature"], ed25519_public_key(ED_OLD), ed25519_public_key(ED_NEW)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert done.stdout.split() == ["true,false", "false,true"]
+
+
+@pytest.mark.parametrize("bad", [OLD, "whsk_not base64!", "whsk_" + "A" * 10])
+def test_v1a_refuses_what_is_not_an_ed25519_private_key(bad: str) -> None:
+    with pytest.raises(ValueError):
+        sign_v1a([bad], "evt", 1, b"{}")
+
+
+def test_the_examples_in_receiving_md_are_real_signatures(
+    vectors: dict[str, Any], body: bytes
+) -> None:
+    """docs/receiving.md shows header values; each must verify, or readers copy a lie."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "receiving.md").read_text("utf-8")
+    assert "X-Bjet24-Signature: " + vectors["v1_single_secret"]["header"] in page
+    assert "X-Signature: " + vectors["sorted_key_sha256"]["header"] in page
+    assert "webhook-signature: " + vectors["standard_webhooks"]["webhook_signature"] in page
+    (v1a,) = re.findall(r"webhook-signature: (v1a,\S+)", page)
+    (whpk,) = re.findall(r"`(whpk_\S+)`", page)
+    assert whpk == ed25519_public_key(ED_OLD)
+    signed = b"evt_01JD3K8Q6Z4X7V2N9M5B1C0A8E.1762780249." + body
+    _public(whpk).verify(base64.b64decode(v1a.removeprefix("v1a,")), signed)
