@@ -291,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_migrate)
 
     rc = sub.add_parser("receive", help="a local receiver that verifies signatures (for trying)")
-    rc.add_argument("--secret", required=True, help="the endpoint's whsec_ secret")
+    held = rc.add_mutually_exclusive_group(required=True)
+    held.add_argument("--secret", help="the endpoint's signing secret (hmac endpoints)")
+    held.add_argument("--public-key", help="the endpoint's whpk_ public key (ed25519 endpoints)")
     rc.add_argument("--host", default="127.0.0.1")
     rc.add_argument("--port", type=int, default=9000)
     rc.add_argument("--header", default="X-Bjet24-Signature", help="signature header name")
@@ -353,7 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_receive(args: argparse.Namespace) -> int:
     from dispatcher.devreceiver import run_receiver
 
-    return run_receiver(args.host, args.port, args.secret, args.header)
+    try:
+        return run_receiver(args.host, args.port, args.secret, args.header, args.public_key)
+    except ValueError as exc:
+        print(f"dispatcher receive: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

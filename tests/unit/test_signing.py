@@ -31,8 +31,8 @@ from dispatcher.signing import (
     sign_v1,
     sign_v1a,
     standard_webhooks_headers,
-    verify_v1,
 )
+from dispatcher.verification import verify_v1
 from tests.tooling import require_tool
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "signatures.json"
