@@ -37,8 +37,9 @@ _TAG_TITLES = {
 
 def current_document() -> dict[str, Any]:
     """The document ``GET /openapi.json`` answers, built without a database."""
-    # The router is all build_document reads; the pool is never touched.
-    app = create_app(Settings(), cast(Any, None))
+    # The router is all build_document reads; the pool is never touched. Default settings,
+    # never the environment's, so the page is the same on every machine.
+    app = create_app(Settings.model_construct(), cast(Any, None))
     return build_document(app)
 
 
