@@ -12,6 +12,9 @@ Decisions:
   whitespace do not count) is a 422 ``idempotency_key_reused``, as the IETF
   Idempotency-Key draft advises; 409 would suggest "retry later", which never helps.
 - A replay carries ``Idempotent-Replayed: true`` and the stored status and body bytes.
+- A stored answer never keeps a secret: routes that answer with one (create, rotate-secret)
+  name the fields to ``omit``, and the replay answers without them. The secret is shown
+  once, to the request that created it; a client that lost it rotates the secret.
 """
 
 from __future__ import annotations
@@ -72,11 +75,23 @@ def _replay(status: int, body: bytes) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
-async def idempotent(request: web.Request, scope: str, handler: Handler) -> web.Response:
+def _stored_body(body: bytes, omit: tuple[str, ...]) -> bytes:
+    if not omit or not body:
+        return body
+    answer = orjson.loads(body)
+    if not isinstance(answer, dict):
+        return body
+    return orjson.dumps({k: v for k, v in answer.items() if k not in omit})
+
+
+async def idempotent(
+    request: web.Request, scope: str, handler: Handler, *, omit: tuple[str, ...] = ()
+) -> web.Response:
     """Run `handler` in one transaction, at most once per (scope, Idempotency-Key).
 
     Without the header it is simply a transaction. The body is read before a connection
-    is taken, so a slow client never holds one.
+    is taken, so a slow client never holds one. Top-level fields named in `omit` (secrets)
+    are left out of the stored answer, and so out of every replay.
     """
     key = _key(request)
     body = await request.read()
@@ -103,7 +118,7 @@ async def idempotent(request: web.Request, scope: str, handler: Handler) -> web.
                 key,
                 fingerprint,
                 response.status,
-                response.body or b"",
+                _stored_body(response.body or b"", omit),
                 clock(request).now(),
             )
         return response

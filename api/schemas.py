@@ -267,8 +267,10 @@ class EndpointWithSecret(EndpointObject):
     """Returned by create and rotate-secret: the only times the secret is ever shown."""
 
     secret: str | None = Field(
+        default=None,
         description="The signing secret; store it now, it is not shown again. Null for an "
-        "ed25519 endpoint: it has no shared secret (verify with public_key)."
+        "ed25519 endpoint: it has no shared secret (verify with public_key). Absent from the "
+        "replay of an Idempotency-Key retry: a stored answer never keeps a secret."
     )
 
 

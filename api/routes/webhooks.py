@@ -43,6 +43,7 @@ routes = web.RouteTableDef()
 
 M = TypeVar("M", bound=BaseModel)
 TAG = "webhooks"
+SECRET_FIELDS = ("secret",)  # shown once: never kept in a stored Idempotency-Key answer
 
 
 def _validated(request: web.Request, model: type[M], data: Any, owner: Principal) -> M:
@@ -112,7 +113,7 @@ async def create_webhook(request: web.Request) -> web.Response:
         )
         return _show(endpoint_with_secret(endpoint), status=201)
 
-    return await idempotent(request, tenant_scope(owner), write)
+    return await idempotent(request, tenant_scope(owner), write, omit=SECRET_FIELDS)
 
 
 @routes.get("/v1/webhooks")
@@ -257,7 +258,7 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
             raise _not_found()
         return _show(endpoint_with_secret(endpoint))
 
-    return await idempotent(request, tenant_scope(owner), write)
+    return await idempotent(request, tenant_scope(owner), write, omit=SECRET_FIELDS)
 
 
 @routes.get("/v1/event-types")

@@ -96,11 +96,18 @@ WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND deleted_at IS NULL
 RETURNING {ENDPOINT_COLUMNS}
 """
 
-# $1 id, $2 tenant_id, $3 environment, $4 deleted_at
+# $1 id, $2 tenant_id, $3 environment, $4 deleted_at -> the row stays for the delivery
+# history, without the URL's user info (credentials are wiped with the endpoint)
 DELETE_ENDPOINT = """
-UPDATE endpoints SET deleted_at = $4, enabled = false, updated_at = $4
+UPDATE endpoints SET deleted_at = $4, enabled = false, updated_at = $4,
+       url = regexp_replace(url, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\\1')
 WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND deleted_at IS NULL
 RETURNING id
+"""
+
+# $1 endpoint_id -> a deleted endpoint keeps no signing secret
+WIPE_ENDPOINT_SECRETS = """
+DELETE FROM endpoint_secrets WHERE endpoint_id = $1
 """
 
 # $1 id, $2 tenant_id, $3 environment -> the list sort key of a page cursor; deleted

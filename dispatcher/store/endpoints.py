@@ -162,7 +162,8 @@ async def update_endpoint(
 async def delete_endpoint(
     conn: asyncpg.Connection, owner: Principal, endpoint_id: str, now: datetime
 ) -> bool:
-    """Soft delete, so the delivery history of past events stays readable."""
+    """Soft delete, so the delivery history of past events stays readable; its signing
+    secrets and the credentials in its URL are wiped: nothing will be signed or sent again."""
     async with conn.transaction():
         row = await conn.fetchrow(
             q.DELETE_ENDPOINT, endpoint_id, owner.tenant_id, owner.environment.value, now
@@ -170,6 +171,7 @@ async def delete_endpoint(
         if row is None:
             return False
         await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
+        await conn.execute(q.WIPE_ENDPOINT_SECRETS, endpoint_id)
     return True
 
 

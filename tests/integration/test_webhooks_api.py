@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -468,6 +469,26 @@ async def test_delete(client: Client, acme: TenantKeys) -> None:
     assert [e["id"] for e in listed["data"]] == [keep["id"]]
 
 
+async def test_delete_wipes_secrets_and_url_credentials(
+    client: Client, acme: TenantKeys, pool: asyncpg.Pool
+) -> None:
+    url = "https://hook-user:hunter2-pw@example.com/hooks?x=1"
+    gone = await create(client, acme, url=url)
+    keep = await create(client, acme, url=url)
+    rotated = await client.post(f"/v1/webhooks/{gone['id']}/rotate-secret", headers=acme.headers())
+    assert rotated.status == 200
+    response = await client.delete(f"/v1/webhooks/{gone['id']}", headers=acme.headers())
+    assert response.status == 204
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id, url, deleted_at FROM endpoints ORDER BY created_at")
+        secrets = await conn.fetch("SELECT endpoint_id FROM endpoint_secrets")
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[gone["id"]]["deleted_at"] is not None, "the row stays, for the history"
+    assert by_id[gone["id"]]["url"] == "https://example.com/hooks?x=1"
+    assert by_id[keep["id"]]["url"] == url, "other endpoints keep theirs"
+    assert {r["endpoint_id"] for r in secrets} == {keep["id"]}
+
+
 async def test_delete_and_disable_cancel_pending_deliveries(
     client: Client, acme: TenantKeys, pool: asyncpg.Pool, clock: FakeClock
 ) -> None:
@@ -570,7 +591,9 @@ async def test_rotate_secret_validation(
 # ---- idempotency ---------------------------------------------------------------------
 
 
-async def test_idempotent_create_replays_the_first_answer(client: Client, acme: TenantKeys) -> None:
+async def test_idempotent_create_replays_the_first_answer(
+    client: Client, acme: TenantKeys, pool: asyncpg.Pool
+) -> None:
     headers = {**acme.headers(), "Idempotency-Key": "create-1"}
     first = await client.post("/v1/webhooks", json=VALID, headers=headers)
     assert first.status == 201
@@ -582,9 +605,14 @@ async def test_idempotent_create_replays_the_first_answer(client: Client, acme: 
     )
     assert again.status == 201
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert await again.read() == await first.read()
+    shown = await first.json()
+    secret = shown.pop("secret")
+    assert await again.json() == shown, "the same answer, without the secret (shown once)"
     listed = await (await client.get("/v1/webhooks", headers=acme.headers())).json()
     assert len(listed["data"]) == 1
+    async with pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT response_body FROM idempotency_keys")
+    assert secret.encode() not in stored and b'"secret"' not in stored
 
 
 async def test_idempotency_key_reused_for_another_request_is_refused(
@@ -631,8 +659,9 @@ async def test_concurrent_requests_with_one_key_create_one_endpoint(
         *(client.post("/v1/webhooks", json=VALID, headers=headers) for _ in range(8))
     )
     assert [r.status for r in responses] == [201] * 8
-    bodies = {await r.read() for r in responses}
-    assert len(bodies) == 1
+    bodies = [await r.json() for r in responses]
+    assert sum("secret" in body for body in bodies) == 1, "the secret is shown once"
+    assert len({orjson.dumps({**b, "secret": None}) for b in bodies}) == 1
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 7
     listed = await (await client.get("/v1/webhooks", headers=acme.headers())).json()
     assert len(listed["data"]) == 1
@@ -649,7 +678,7 @@ async def test_bad_idempotency_keys(client: Client, acme: TenantKeys, key: str) 
     assert error_fields(error) == ["Idempotency-Key"]
 
 
-async def test_idempotent_rotate_returns_the_same_secret(
+async def test_idempotent_rotate_rotates_once_and_keeps_no_secret(
     client: Client, acme: TenantKeys, pool: asyncpg.Pool, clock: FakeClock
 ) -> None:
     created = await create(client, acme)
@@ -658,7 +687,10 @@ async def test_idempotent_rotate_returns_the_same_secret(
     first = await (await client.post(path, headers=headers)).json()
     second = await client.post(path, headers=headers)
     assert second.headers["Idempotent-Replayed"] == "true"
-    assert (await second.json())["secret"] == first["secret"]
+    assert "secret" not in await second.json(), "a stored answer never keeps the secret"
+    async with pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT response_body FROM idempotency_keys")
+    assert first["secret"].encode() not in stored
     async with pool.acquire() as conn:
         active = await store.active_secrets(conn, [created["id"]], clock.now())
     assert active == {created["id"]: [created["secret"], first["secret"]]}
