@@ -7,9 +7,10 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from api import openapi
+from api import auth, openapi
 from api.context import CLOCK, POOL, SERVICES, SETTINGS
 from api.errors import error_middleware
+from api.limits import ConcurrencyCap, body_deadline
 from api.routes import deliveries as delivery_routes
 from api.routes import events as event_routes
 from api.routes import ops, webhooks
@@ -26,7 +27,9 @@ def create_app(
     services: dict[str, Any] | None = None,
 ) -> web.Application:
     """The pool belongs to the caller, so tests and the CLI decide its lifetime."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware, body_deadline], client_max_size=settings.max_body_bytes
+    )
     app[SETTINGS] = settings
     app[POOL] = pool
     app[CLOCK] = clock or SystemClock()
@@ -38,4 +41,6 @@ def create_app(
     app.add_routes(event_routes.routes)
     app.add_routes(test_send_routes.routes)
     app.cleanup_ctx.append(test_send_routes.test_send_client)
+    app[auth.THROTTLE] = auth.new_throttle(settings.auth_failures_per_minute)
+    app[test_send_routes.CAP] = ConcurrencyCap(settings.test_send_concurrency, retry_after=1)
     return app

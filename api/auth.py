@@ -1,24 +1,85 @@
-"""Bearer authentication: tenant API keys for /v1, the platform token for /internal."""
+"""Bearer authentication: tenant API keys for /v1, the platform token for /internal.
+
+Failed attempts are counted per client address (``AUTH_FAILURES_PER_MINUTE``, per API
+process): beyond it the address gets a 429 with ``Retry-After`` before any key is checked.
+They are logged, sampled (an address's first failure in a window, and the one that trips
+the throttle): the route, the client address and the first characters of a tenant key,
+never the key or the token itself.
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
+from datetime import timedelta
 
 from aiohttp import web
 
-from api.context import pool, settings
+from api.context import clock, pool, settings
+from api.limits import FailureThrottle
 from dispatcher.errors import Unauthorized
 from dispatcher.models import Principal
 from dispatcher.store import tenants
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+THROTTLE = web.AppKey("auth_throttle", FailureThrottle)
+WINDOW = timedelta(minutes=1)
+_SHOWN_KEY_CHARACTERS = 3  # after "sk_sandbox_": enough to tell keys apart, not to guess one
+
+log = logging.getLogger(__name__)
+
+
+def new_throttle(failures_per_minute: int) -> FailureThrottle:
+    return FailureThrottle(failures_per_minute, WINDOW)
+
+
+def _client(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _key_prefix(token: str) -> str | None:
+    for prefix in tenants.KEY_PREFIX.values():
+        if token.startswith(prefix) and token.isascii():
+            return token[: len(prefix) + _SHOWN_KEY_CHARACTERS]
+    return None
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern (``/v1/webhooks/{id}``): ids in paths are no business of logs."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
+def _check_throttle(request: web.Request) -> None:
+    request.app[THROTTLE].check(_client(request), clock(request).now())
+
+
+def _refused(request: web.Request, message: str, token: str | None) -> Unauthorized:
+    """Count the failure against the client address, log a sample, and say 401."""
+    throttle = request.app[THROTTLE]
+    client = _client(request)
+    failures = throttle.failed(client, clock(request).now())
+    if failures in (1, throttle.limit):
+        log.warning(
+            "authentication failed"
+            + ("; further failures from this address are refused" if failures > 1 else ""),
+            extra={
+                "path": _route(request),
+                "method": request.method,
+                "client": client,
+                "key_prefix": _key_prefix(token) if token else None,
+            },
+        )
+    return Unauthorized(message)
 
 
 def _bearer(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing or malformed Authorization header; expected 'Bearer <key>'")
+        raise _refused(
+            request, "missing or malformed Authorization header; expected 'Bearer <key>'", None
+        )
     return token.strip()
 
 
@@ -27,21 +88,23 @@ async def tenant(request: web.Request) -> Principal:
     cached = request.get(PRINCIPAL)
     if isinstance(cached, Principal):
         return cached
+    _check_throttle(request)
     token = _bearer(request)
     if len(token) > 200 or not token.isascii():
-        raise Unauthorized("invalid API key")
+        raise _refused(request, "invalid API key", None)
     async with pool(request).acquire() as conn:
         principal = await tenants.authenticate(conn, token)
     if principal is None:
-        raise Unauthorized("invalid API key")
+        raise _refused(request, "invalid API key", token)
     request[PRINCIPAL] = principal
     return principal
 
 
 def platform(request: web.Request) -> None:
+    _check_throttle(request)
     expected = settings(request).platform_token
     token = _bearer(request)
     if expected is None:
         raise Unauthorized("the platform API is disabled: set DISPATCHER_PLATFORM_TOKEN")
     if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
-        raise Unauthorized("invalid platform token")
+        raise _refused(request, "invalid platform token", None)

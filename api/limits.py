@@ -1,4 +1,5 @@
-"""In-process limits of the API: concurrent test sends per tenant, failed logins per client.
+"""In-process limits of the API: concurrent test sends per tenant, failed logins per client,
+and the time a request body may take to arrive.
 
 Both are per API process (each replica counts its own): they keep one client from starving
 the others of this process, not a global quota; a proxy in front sets global rate limits.
@@ -6,12 +7,18 @@ the others of this process, not a global quota; a proxy in front sets global rat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from api.context import settings
+from api.responses import error_response
 from dispatcher.errors import TooManyRequests
 
 
@@ -91,3 +98,24 @@ class FailureThrottle:
         while len(self._failures) > self.max_keys:
             self._failures.popitem(last=False)
         return len(times)
+
+
+@web.middleware
+async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read the whole body within ``API_BODY_TIMEOUT_SECONDS``, or answer 408 and hang up.
+
+    A client trickling its body would otherwise hold a connection (and its handler) for
+    ever; read here, the body is cached for the handler.
+    """
+    if request.body_exists:
+        seconds = settings(request).api_body_timeout_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                await request.read()
+        except TimeoutError:
+            response = error_response(
+                408, "request_timeout", f"the request body did not arrive within {seconds:g} s"
+            )
+            response.force_close()
+            return response
+    return await handler(request)

@@ -21,6 +21,7 @@ from dispatcher.db.migrate import ensure_migrated, migrate
 from dispatcher.db.pool import database_url, open_pool
 from dispatcher.errors import ConfigError
 from dispatcher.gauges import refresh_gauges_forever
+from dispatcher.http_server import api_runner
 from dispatcher.listener import Listener
 from dispatcher.maintenance import maintain_forever
 from dispatcher.metrics_server import metrics_listener
@@ -54,7 +55,7 @@ async def api_role(
     settings: Settings, pool: asyncpg.Pool, services: dict[str, Any]
 ) -> AsyncIterator[web.AppRunner]:
     app = load_app_factory()(settings, pool, services=services)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
+    runner = api_runner(app, settings)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)

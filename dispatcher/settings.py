@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.errors import ConfigError
 
 ENV_PREFIX = "DISPATCHER_"
+MIN_PLATFORM_TOKEN_LENGTH = 32
 
 
 def _default_data_dir() -> Path:
@@ -63,6 +64,12 @@ class Settings(BaseSettings):
     secret_overlap_seconds: int = Field(default=86400, ge=0)
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # the API's connections: a cap, a deadline for the request head (also the idle keep-alive
+    # time) and one for the body; failed authentications allowed per client address a minute
+    api_max_connections: int = Field(default=1000, ge=1, le=100_000)
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    auth_failures_per_minute: int = Field(default=30, ge=1, le=100_000)
     db_pool_min_size: int = Field(default=2, ge=1)
     db_pool_max_size: int = Field(default=10, ge=1)
     log_format: Literal["json", "text"] = "json"
@@ -80,6 +87,17 @@ class Settings(BaseSettings):
             )
         return days
 
+    @field_validator("platform_token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        """A short token can be guessed; 32 characters is what `openssl rand -hex 16` gives."""
+        if token is not None and len(token.get_secret_value()) < MIN_PLATFORM_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_PLATFORM_TOKEN_LENGTH} characters "
+                "(for example: openssl rand -hex 32)"
+            )
+        return token
+
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings, turning pydantic's report into one line per bad variable."""
@@ -89,5 +107,5 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
-            problems.append(f"{name}: {err['msg']}")
+            problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -28,7 +28,7 @@ from tests.suite_plugin import (  # noqa: F401 - the suite's hooks and shared fi
     pytest_configure,
 )
 
-PLATFORM_TOKEN = "test-platform-token-0123456789"
+PLATFORM_TOKEN = "test-platform-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")

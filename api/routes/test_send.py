@@ -62,7 +62,6 @@ CAP = web.AppKey("test_send_cap", ConcurrencyCap)
 async def test_send_client(app: web.Application) -> AsyncIterator[None]:
     """The app's own client for test sends, unless whoever built the app gave one."""
     config = app[SETTINGS]
-    app[CAP] = ConcurrencyCap(config.test_send_concurrency, retry_after=1)
     if app[SERVICES].get(TEST_SESSION) is not None:
         yield
         return

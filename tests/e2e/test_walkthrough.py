@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import stripe
 
-PLATFORM_TOKEN = "dev-platform-token"
+PLATFORM_TOKEN = "dev-platform-token-change-me-0123456789"
 
 
 def _free_port() -> int:

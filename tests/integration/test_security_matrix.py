@@ -30,6 +30,7 @@ from dispatcher.clock import FakeClock
 from dispatcher.events import Transition, record_transitions
 from dispatcher.models import Environment, Principal
 from dispatcher.sender import delivery_session
+from dispatcher.settings import Settings
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
 from dispatcher.transitions import MailingStatus
@@ -155,6 +156,13 @@ class Matrix:
     def verdict(self) -> None:
         self.figures.add(security_checks=self.sent, boundary_crossings=len(self.crossings))
         assert not self.crossings, "\n".join(self.crossings)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The matrix sends hundreds of bad credentials from one address: past the throttle,
+    they would be 429s; the throttle has tests of its own (test_auth_hardening.py)."""
+    return make_settings(auth_failures_per_minute=100_000)
 
 
 @pytest.fixture

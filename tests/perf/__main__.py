@@ -35,7 +35,7 @@ from dispatcher.queue import QueueLimits, claim
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
 
-TOKEN = "bench-platform-token"
+TOKEN = "bench-platform-token-0123456789abcdef"
 CONCURRENCY = 64
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # Throughput runs let the worker hold as many requests in flight as the ceiling's client,
