@@ -270,7 +270,7 @@ class EndpointWithSecret(EndpointObject):
         default=None,
         description="The signing secret; store it now, it is not shown again. Null for an "
         "ed25519 endpoint: it has no shared secret (verify with public_key). Absent from the "
-        "replay of an Idempotency-Key retry: a stored answer never keeps a secret."
+        "replay of an Idempotency-Key retry: a stored answer never keeps a secret.",
     )
 
 
