@@ -36,7 +36,7 @@ from tests.tooling import free_port, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "docs" / "recipes"
-PLATFORM_TOKEN = "recipes-platform-token"
+PLATFORM_TOKEN = "recipes-platform-token-0123456789abcdef"
 
 
 @dataclass(frozen=True)
