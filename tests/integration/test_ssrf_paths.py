@@ -30,6 +30,7 @@ from dispatcher.store import endpoints as endpoint_store
 from dispatcher.transitions import MailingStatus
 from dispatcher.worker import Worker, WorkerConfig
 from tests.conftest import TenantKeys, make_settings
+from tests.figures import Recorder
 
 Client = TestClient[Any, Any]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -164,6 +165,7 @@ async def test_nothing_reaches_loopback_through_odd_hosts_and_errors_hide_the_ad
     guarded: aiohttp.ClientSession,
     api: Client,
     caplog: pytest.LogCaptureFixture,
+    figures: Recorder,
 ) -> None:
     tenant: TenantKeys = await make_tenant()
     port = receiver.port
@@ -201,6 +203,7 @@ async def test_nothing_reaches_loopback_through_odd_hosts_and_errors_hide_the_ad
     assert hosts_file, "the stand-in hosts file was consulted: the test exercised it"
     logged = [getattr(r, "address", None) for r in caplog.records]
     assert set(logged) & {"127.0.0.1", "::ffff:127.0.0.1"}, "server logs keep the address"
+    figures.add(security_checks=2 * len(stored))  # a test send and a delivery each
 
 
 async def test_registration_stores_the_normalised_url(api: Client, make_tenant: Any) -> None:
