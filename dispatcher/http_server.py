@@ -6,9 +6,11 @@ and logs a traceback, for any unauthenticated client; it has no cap on connectio
   client address and the error class, never the offending bytes: they may hold a key).
 - Beyond ``max_connections`` open connections, a new one gets a JSON 503 with
   ``Retry-After`` and is closed before anything is read.
-- ``header_timeout`` bounds the time from connecting (or from the previous answer, on a
-  kept-alive connection) to a complete request head: aiohttp's keep-alive timer closes a
-  connection whose handler still waits for a request then, so it also bounds idle time.
+- ``header_timeout`` bounds the time from a request head's first byte to its end (a client
+  trickling a head is closed); ``idle_timeout`` (aiohttp's keep-alive timer) closes a
+  connection that sends nothing at all, from connecting or from its previous answer. It is
+  longer than clients keep idle connections (aiohttp's 15 s), so that a client never reuses
+  a connection the server is closing at that moment.
   Body reads are bounded by the API's own middleware; what is left of a body after an early
   answer is drained for at most ``LINGERING_SECONDS``.
 
@@ -60,9 +62,44 @@ def _raw_response(status: int, body: bytes, headers: dict[str, str]) -> bytes:
 class GuardedRequestHandler(web.RequestHandler):
     """One connection: refused beyond the cap; parse errors in JSON, logged in one line."""
 
-    def __init__(self, manager: web.Server, *, max_connections: int, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, max_connections: int, header_timeout: float, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._max_connections = max_connections
+        self._header_timeout = header_timeout
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        """Time a request head from its first byte until it is complete."""
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:
+            self._stop_head_deadline()
+        elif data and self._head_deadline is None and self._waiting_for_a_request():
+            self._head_deadline = self._loop.call_later(self._header_timeout, self._head_too_slow)
+
+    def _waiting_for_a_request(self) -> bool:
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _stop_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self._waiting_for_a_request():
+            log.info(
+                "connection closed: no complete request head in time",
+                extra={"client": _peer(self.transport) if self.transport else None},
+            )
+            self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_deadline()
+        super().connection_lost(exc)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
@@ -126,11 +163,13 @@ class GuardedRunner(web.AppRunner):
         *,
         max_connections: int,
         header_timeout: float,
+        idle_timeout: float,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("lingering_time", LINGERING_SECONDS)
-        super().__init__(app, keepalive_timeout=header_timeout, **kwargs)
+        super().__init__(app, keepalive_timeout=idle_timeout, **kwargs)
         self._max_connections = max_connections
+        self._header_timeout = header_timeout
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
@@ -142,6 +181,7 @@ class GuardedRunner(web.AppRunner):
             handler_cancellation=plain.handler_cancellation,
             loop=plain._loop,
             max_connections=self._max_connections,
+            header_timeout=self._header_timeout,
             **plain._kwargs,
         )
 
@@ -152,6 +192,7 @@ def api_runner(app: web.Application, settings: Settings) -> GuardedRunner:
         app,
         max_connections=settings.api_max_connections,
         header_timeout=settings.api_header_timeout_seconds,
+        idle_timeout=settings.api_idle_timeout_seconds,
         access_log=None,
         shutdown_timeout=settings.shutdown_grace_seconds,
     )

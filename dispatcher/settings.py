@@ -64,10 +64,11 @@ class Settings(BaseSettings):
     secret_overlap_seconds: int = Field(default=86400, ge=0)
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    # the API's connections: a cap, a deadline for the request head (also the idle keep-alive
-    # time) and one for the body; failed authentications allowed per client address a minute
+    # the API's connections: a cap, deadlines for a request head (from its first byte), for
+    # a silent connection and for a body; failed authentications per client address a minute
     api_max_connections: int = Field(default=1000, ge=1, le=100_000)
     api_header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    api_idle_timeout_seconds: float = Field(default=75.0, gt=0, le=86400)
     api_body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     auth_failures_per_minute: int = Field(default=30, ge=1, le=100_000)
     db_pool_min_size: int = Field(default=2, ge=1)

@@ -218,12 +218,43 @@ async def test_connections_beyond_the_cap_get_a_503_and_are_closed(served: Serve
 
 
 async def test_a_request_head_must_arrive_within_the_header_timeout(served: Served) -> None:
-    port = await served(api_header_timeout_seconds=0.2)  # shortened: the default is 10 s
+    """A client trickling its head, a byte at a time, is hung up on all the same."""
+    port = await served(api_header_timeout_seconds=0.3)  # shortened: the default is 10 s
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
-    await writer.drain()
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    closed = asyncio.create_task(reader.read())
+    async with asyncio.timeout(10):  # a bound for a hang, not a measurement
+        while not closed.done():
+            writer.write(b"X")  # never the end of the head
+            await asyncio.wait([closed], timeout=0.05)
+    assert closed.result() == b"", "the server hung up"
+    writer.close()
+
+
+async def test_a_silent_connection_is_closed_after_the_idle_timeout(served: Served) -> None:
+    port = await served(api_idle_timeout_seconds=0.2)  # shortened: the default is 75 s
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     async with asyncio.timeout(10):
-        assert await reader.read() == b"", "the server hung up"
+        assert await reader.read() == b""
+    writer.close()
+
+
+async def test_a_kept_alive_connection_serves_requests_well_apart(served: Served) -> None:
+    """The head deadline runs from a head's first byte, never across idle time."""
+    port = await served(api_header_timeout_seconds=0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(2):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(10):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            assert head.startswith("HTTP/1.1 200"), head
+            length = next(
+                int(line.partition(":")[2])
+                for line in head.split("\r\n")
+                if line.lower().startswith("content-length:")
+            )
+            await reader.readexactly(length)
+        await asyncio.sleep(0.4)  # idle for twice the head deadline
     writer.close()
 
 
@@ -244,9 +275,10 @@ def test_the_defaults_bound_clients() -> None:
     """What the shortened tests above rely on is what `dispatcher serve` is given."""
     settings = Settings()
     assert (settings.api_header_timeout_seconds, settings.api_body_timeout_seconds) == (10, 30)
-    assert settings.api_max_connections == 1000
+    assert (settings.api_idle_timeout_seconds, settings.api_max_connections) == (75, 1000)
     runner = api_runner(web.Application(), settings)
-    assert runner._kwargs["keepalive_timeout"] == settings.api_header_timeout_seconds
+    assert runner._kwargs["keepalive_timeout"] == settings.api_idle_timeout_seconds
+    assert runner._header_timeout == settings.api_header_timeout_seconds
     assert runner._max_connections == settings.api_max_connections
 
 
