@@ -13,7 +13,7 @@ from api.errors import error_middleware
 from api.limits import ConcurrencyCap, body_deadline
 from api.routes import deliveries as delivery_routes
 from api.routes import events as event_routes
-from api.routes import ops, webhooks
+from api.routes import ops, tenants_admin, webhooks
 from api.routes import platform as platform_routes
 from api.routes import test_send as test_send_routes
 from dispatcher.clock import Clock, SystemClock
@@ -43,4 +43,6 @@ def create_app(
     app.cleanup_ctx.append(test_send_routes.test_send_client)
     app[auth.THROTTLE] = auth.new_throttle(settings.auth_failures_per_minute)
     app[test_send_routes.CAP] = ConcurrencyCap(settings.test_send_concurrency, retry_after=1)
+    app.add_routes(tenants_admin.routes)
+    tenants_admin.setup(app)
     return app

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from api.context import clock, pool, settings
 from api.limits import FailureThrottle
-from dispatcher.errors import Unauthorized
+from dispatcher.errors import Forbidden, Unauthorized
 from dispatcher.models import Principal
 from dispatcher.store import tenants
 
@@ -84,7 +84,8 @@ def _bearer(request: web.Request) -> str:
 
 
 async def tenant(request: web.Request) -> Principal:
-    """The caller's tenant and environment; every failure is the same 401, to reveal nothing."""
+    """The caller's tenant and environment; every failure is the same 401, to reveal nothing,
+    but a live key of a suspended tenant, which is a 403 (the key holder may know that)."""
     cached = request.get(PRINCIPAL)
     if isinstance(cached, Principal):
         return cached
@@ -93,8 +94,10 @@ async def tenant(request: web.Request) -> Principal:
     if len(token) > 200 or not token.isascii():
         raise _refused(request, "invalid API key", None)
     async with pool(request).acquire() as conn:
-        principal = await tenants.authenticate(conn, token)
-    if principal is None:
+        principal = await tenants.authenticate(conn, token, clock(request).now())
+    if principal is tenants.KeyState.SUSPENDED:
+        raise Forbidden("the tenant is suspended; its keys are refused until it is resumed")
+    if not isinstance(principal, Principal):
         raise _refused(request, "invalid API key", token)
     request[PRINCIPAL] = principal
     return principal

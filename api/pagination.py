@@ -49,7 +49,7 @@ class PageQuery(BaseModel):
     )
 
 
-Q = TypeVar("Q", bound=PageQuery)
+Q = TypeVar("Q", bound=BaseModel)
 
 
 class ListPage(BaseModel, Generic[T]):
@@ -64,7 +64,8 @@ class ListPage(BaseModel, Generic[T]):
 
 
 def page_query(request: web.Request, model: type[Q]) -> Q:
-    """The validated query string; every bad parameter is reported in one 422."""
+    """The validated query string (of a list, or any other route's query model); every bad
+    parameter is reported in one 422."""
     given = dict(request.query)
     # PostgreSQL text cannot hold NUL, and no id or filter of ours contains one
     errors = [

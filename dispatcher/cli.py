@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from dispatcher import __version__, retention
+from dispatcher import __version__, retention, sealing
 from dispatcher.db.migrate import migrate
 from dispatcher.db.pool import create_pool, database_url
 from dispatcher.errors import DispatcherError
@@ -21,6 +21,7 @@ from dispatcher.logs import setup_logging
 from dispatcher.models import Environment
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store import deliveries as delivery_store
+from dispatcher.store import secrets as secret_store
 from dispatcher.store import tenants
 
 
@@ -262,6 +263,38 @@ async def _cmd_retention_run(settings: Settings, args: argparse.Namespace) -> in
     return 0
 
 
+async def _cmd_secrets_rekey(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-seal every secret value under DISPATCHER_ENCRYPTION_KEY, while the service runs."""
+    async with _connection(settings) as conn:
+        keyring = await secret_store.load_keyring(conn, settings)
+
+        def show(report: secret_store.ResealReport) -> None:
+            sys.stderr.write(
+                f"\rre-encrypted {report.secrets} secrets, {report.credentials} URL credentials"
+            )
+            sys.stderr.flush()
+
+        report = await secret_store.reseal(conn, keyring, progress=show)
+    sys.stderr.write("\n")
+    if report.unreadable:
+        print(
+            f"{report.unreadable} values could not be opened with the configured keys; "
+            "they were left as they are",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"every secret is encrypted under key {keyring.current_id}; "
+        "DISPATCHER_ENCRYPTION_OLD_KEYS can now be removed"
+    )
+    return 0
+
+
+def _cmd_secrets_generate_key(args: argparse.Namespace) -> int:
+    print(sealing.generate_key())
+    return 0
+
+
 def _role(api: bool, worker: bool) -> Callable[[Settings, argparse.Namespace], Awaitable[int]]:
     async def run(settings: Settings, args: argparse.Namespace) -> int:
         from dispatcher.service import serve
@@ -323,6 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
     kr = k.add_parser("revoke", help="revoke an API key; effective on the next request")
     kr.add_argument("key_id")
     kr.set_defaults(func=_cmd_keys_revoke)
+
+    s = sub.add_parser("secrets", help="encryption of secrets at rest").add_subparsers(
+        dest="action", required=True
+    )
+    sr = s.add_parser(
+        "rekey",
+        help="re-encrypt every secret under DISPATCHER_ENCRYPTION_KEY (the service may run; "
+        "it must read the old key from DISPATCHER_ENCRYPTION_OLD_KEYS until this is done)",
+    )
+    sr.set_defaults(func=_cmd_secrets_rekey)
+    s.add_parser("generate-key", help="print a new key for DISPATCHER_ENCRYPTION_KEY").set_defaults(
+        func=None, sync=_cmd_secrets_generate_key
+    )
 
     d = sub.add_parser("dead-letters", help="list and replay dead deliveries").add_subparsers(
         dest="action", required=True

@@ -46,6 +46,11 @@ class Conflict(DispatcherError):
     type = "conflict"
 
 
+class Forbidden(DispatcherError):
+    status = 403
+    type = "forbidden"
+
+
 class Unauthorized(DispatcherError):
     status = 401
     type = "unauthorized"

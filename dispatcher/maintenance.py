@@ -1,4 +1,5 @@
-"""Housekeeping every worker process runs on its own: retention, and gauges of what is kept.
+"""Housekeeping every worker process runs on its own: retention, gauges of what is kept, and
+the removal of deleted tenants that the API did not finish (dispatcher/tenant_purge.py).
 
 Every replica runs it at start and then every few minutes; the retention lock lets one of
 them work while the others skip, so adding replicas adds no load.
@@ -16,6 +17,7 @@ from dispatcher import metrics
 from dispatcher.clock import Clock, SystemClock
 from dispatcher.db.pool import DB_ERRORS
 from dispatcher.retention import RetentionReport, apply_retention, refresh_retained_gauges
+from dispatcher.tenant_purge import purge_deleted_tenants
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,9 @@ async def maintain(pool: asyncpg.Pool, now: datetime, retention_days: int) -> Re
     async with pool.acquire() as conn:
         report = await apply_retention(conn, now, retention_days)
         await refresh_retained_gauges(conn, now)
+        purged = await purge_deleted_tenants(conn)
+    if purged:
+        log.info(f"finished removing {purged} deleted tenants")
     if not report.busy:  # a busy round means another process is doing it right now
         metrics.RETENTION_LAST_RUN.set(now.timestamp())
     for removal in report.removed:

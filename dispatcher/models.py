@@ -28,10 +28,14 @@ class Tenant:
     id: TenantId
     name: str
     created_at: datetime
+    uid: str | None = None  # the platform's own customer id
+    suspended_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Tenant:
-        return cls(TenantId(row["id"]), row["name"], row["created_at"])
+        return cls(
+            TenantId(row["id"]), row["name"], row["created_at"], row["uid"], row["suspended_at"]
+        )
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class ApiKeyInfo:
     key_prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    name: str | None = None
+    last_used_at: datetime | None = None  # to the minute: written at most once a minute
 
     @classmethod
     def from_row(cls, row: Any) -> ApiKeyInfo:
@@ -54,6 +60,8 @@ class ApiKeyInfo:
             row["key_prefix"],
             row["created_at"],
             row["revoked_at"],
+            row["name"],
+            row["last_used_at"],
         )
 
 

@@ -15,6 +15,7 @@ import asyncpg
 from dispatcher.db import queries as q
 from dispatcher.ids import DeliveryId, EndpointId, EventId
 from dispatcher.models import DeliveryStatus
+from dispatcher.store.secrets import open_secret, stored_url
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,9 @@ async def claim(
             r["event_type"],
             r["event_created_at"],
             bytes(r["body"]),
-            r["url"],
+            stored_url(r["endpoint_id"], r["url"], r["url_credentials"]),
             r["standard_webhooks"],
-            list(r["secrets"]),
+            [open_secret(r["endpoint_id"], s) for s in r["secrets"]],
             r["age_origin"],
             r["schedule_attempt"],
             r["signing"],

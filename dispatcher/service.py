@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from dispatcher import sealing
 from dispatcher.db.migrate import ensure_migrated, migrate
 from dispatcher.db.pool import database_url, open_pool
 from dispatcher.errors import ConfigError
@@ -27,6 +28,7 @@ from dispatcher.maintenance import maintain_forever
 from dispatcher.metrics_server import metrics_listener
 from dispatcher.sender import delivery_session
 from dispatcher.settings import Settings
+from dispatcher.store.secrets import load_keyring, reseal_legacy
 from dispatcher.worker import Worker, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -42,12 +44,21 @@ def load_app_factory() -> AppFactory:
     raise ConfigError("the REST API package is not installed (entry point dispatcher.apps:api)")
 
 
-async def prepare_database(conn: asyncpg.Connection, migrate_first: bool) -> None:
+async def prepare_database(
+    conn: asyncpg.Connection, settings: Settings, migrate_first: bool
+) -> None:
+    """Migrated, and the encryption key checked against what the database holds (a wrong
+    key stops start-up naming the variable); legacy plain secrets get sealed now."""
     if migrate_first:
         applied = await migrate(conn)
         if applied:
             log.info(f"applied migrations: {', '.join(applied)}")
     await ensure_migrated(conn)
+    keyring = await load_keyring(conn, settings)
+    sealing.install(keyring)
+    sealed = await reseal_legacy(conn, keyring)
+    if sealed:
+        log.info(f"sealed {sealed} secret values written before encryption at rest")
 
 
 @contextlib.asynccontextmanager
@@ -87,7 +98,7 @@ async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: b
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(open_pool(url, settings))
             async with pool.acquire() as conn:
-                await prepare_database(conn, migrate_first)
+                await prepare_database(conn, settings, migrate_first)
             session = await stack.enter_async_context(
                 delivery_session(
                     allow_private=settings.allow_private_targets,

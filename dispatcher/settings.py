@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.errors import ConfigError
+from dispatcher.sealing import valid_key
 
 ENV_PREFIX = "DISPATCHER_"
 MIN_PLATFORM_TOKEN_LENGTH = 32
@@ -31,6 +32,10 @@ class Settings(BaseSettings):
     # /metrics, /healthz and /readyz of a worker-only process (no API port); 0 turns it off
     metrics_port: int = Field(default=8081, ge=0, le=65535)
     platform_token: SecretStr | None = None
+    # secrets at rest (dispatcher/sealing.py): the key that seals, and old keys still read
+    # during `dispatcher secrets rekey` (comma-separated); unset: a key kept in DATA_DIR
+    encryption_key: SecretStr | None = None
+    encryption_old_keys: SecretStr | None = None
 
     allow_private_targets: bool = False
     require_https: bool = True
@@ -98,6 +103,17 @@ class Settings(BaseSettings):
                 "(for example: openssl rand -hex 32)"
             )
         return token
+
+    @field_validator("encryption_key", "encryption_old_keys")
+    @classmethod
+    def _check_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None  # set but empty: unset, as a shell or manifest often leaves it
+        if value is not None:
+            for part in value.get_secret_value().split(","):
+                if part.strip() and not valid_key(part):
+                    raise ValueError("must be 32 random bytes in base64, comma-separated")
+        return value
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
+from dispatcher import sealing
 from dispatcher.clock import FakeClock
 from dispatcher.db.embedded import embedded_postgres
 from dispatcher.db.migrate import migrate
@@ -29,6 +30,10 @@ from tests.suite_plugin import (  # noqa: F401 - the suite's hooks and shared fi
 )
 
 PLATFORM_TOKEN = "test-platform-token-0123456789abcdef"
+# The session's encryption key: installed in this process, and given to every process the
+# tests start against the session's database (tests/e2e/conftest.py process_env).
+ENCRYPTION_KEY = "dGVzdC1lbmNyeXB0aW9uLWtleS0zMi1ieXRlcy0wMDA="
+sealing.install(sealing.keyring_from(ENCRYPTION_KEY))
 
 
 @pytest.fixture(scope="session")

@@ -8,34 +8,98 @@ from __future__ import annotations
 
 # ---- tenants and API keys ---------------------------------------------------------------
 
-# $1 id, $2 name, $3 created_at
-INSERT_TENANT = "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)"
+TENANT_COLUMNS = "id, uid, name, created_at, suspended_at"
 
-# $1 id
-GET_TENANT = "SELECT id, name, created_at FROM tenants WHERE id = $1"
+# $1 id, $2 name, $3 created_at, $4 uid (NULL: none) -> the tenant, or nothing when a live
+# tenant already has this uid
+INSERT_TENANT = f"""
+INSERT INTO tenants (id, name, created_at, uid) VALUES ($1, $2, $3, $4)
+ON CONFLICT (uid) WHERE deleted_at IS NULL DO NOTHING
+RETURNING {TENANT_COLUMNS}
+"""
 
-LIST_TENANTS = "SELECT id, name, created_at FROM tenants ORDER BY created_at, id"
+# $1 id -> a live tenant (a deleted one is gone, even while its rows are being removed)
+GET_TENANT = f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 AND deleted_at IS NULL"
+
+# $1 uid
+GET_TENANT_BY_UID = f"SELECT {TENANT_COLUMNS} FROM tenants WHERE uid = $1 AND deleted_at IS NULL"
+
+LIST_TENANTS = f"""
+SELECT {TENANT_COLUMNS} FROM tenants WHERE deleted_at IS NULL ORDER BY created_at, id
+"""
+
+# $1 uid (NULL: all), $2 cursor created_at (NULL for the first page), $3 cursor id, $4 limit
+# -> newest first
+LIST_TENANTS_PAGE = f"""
+SELECT {TENANT_COLUMNS} FROM tenants
+WHERE deleted_at IS NULL AND ($1::text IS NULL OR uid = $1)
+  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+ORDER BY created_at DESC, id DESC
+LIMIT $4
+"""
+
+# $1 id -> the sort key of a page cursor
+GET_TENANT_CURSOR = "SELECT created_at, id FROM tenants WHERE id = $1"
+
+# $1 id, $2 name (NULL: keep), $3 suspended (NULL: keep), $4 now. Suspending keeps the first
+# suspension time; resuming clears it.
+UPDATE_TENANT = f"""
+UPDATE tenants SET
+    name = COALESCE($2, name),
+    suspended_at = CASE WHEN $3::bool IS NULL THEN suspended_at
+                        WHEN $3 THEN COALESCE(suspended_at, $4) END
+WHERE id = $1 AND deleted_at IS NULL
+RETURNING {TENANT_COLUMNS}
+"""
+
+# $1 id, $2 now -> marks the tenant deleted: from this commit its keys, its ingest and its
+# deliveries stop (each checks deleted_at); the rows go in batches (tenant_purge.py)
+MARK_TENANT_DELETED = """
+UPDATE tenants SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL RETURNING id
+"""
 
 # $1 tenant ids -> those that exist, locked against deletion until commit (platform ingest)
-LOCK_TENANTS = "SELECT id FROM tenants WHERE id = ANY($1::text[]) FOR KEY SHARE"
+LOCK_TENANTS = """
+SELECT id FROM tenants WHERE id = ANY($1::text[]) AND deleted_at IS NULL FOR KEY SHARE
+"""
 
-# $1 id, $2 tenant_id, $3 environment, $4 key_hash, $5 key_prefix, $6 created_at
+# $1 id, $2 tenant_id, $3 environment, $4 key_hash, $5 key_prefix, $6 created_at, $7 name
 INSERT_API_KEY = """
-INSERT INTO api_keys (id, tenant_id, environment, key_hash, key_prefix, created_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO api_keys (id, tenant_id, environment, key_hash, key_prefix, created_at, name)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 """
 
-# $1 key_hash -> the live key's tenant and environment
+# $1 key_hash -> the live key's tenant and environment, and whether the tenant is suspended
 AUTHENTICATE_KEY = """
-SELECT id, tenant_id, environment, key_hash FROM api_keys
-WHERE key_hash = $1 AND revoked_at IS NULL
+SELECT k.id, k.tenant_id, k.environment, k.key_hash, k.last_used_at,
+       t.suspended_at IS NOT NULL AS suspended
+FROM api_keys k
+JOIN tenants t ON t.id = k.tenant_id
+WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND t.deleted_at IS NULL
 """
+
+# $1 id, $2 now, $3 written before this -> at most one write a minute per key
+TOUCH_API_KEY = """
+UPDATE api_keys SET last_used_at = $2
+WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)
+"""
+
+API_KEY_COLUMNS = (
+    "id, tenant_id, environment, name, key_prefix, created_at, last_used_at, revoked_at"
+)
 
 # $1 tenant_id (NULL for all)
-LIST_API_KEYS = """
-SELECT id, tenant_id, environment, key_prefix, created_at, revoked_at FROM api_keys
+LIST_API_KEYS = f"""
+SELECT {API_KEY_COLUMNS} FROM api_keys
 WHERE $1::text IS NULL OR tenant_id = $1
 ORDER BY created_at, id
+"""
+
+# $1 tenant_id -> its live keys, newest first
+LIST_LIVE_API_KEYS = f"""
+SELECT {API_KEY_COLUMNS} FROM api_keys
+WHERE tenant_id = $1 AND revoked_at IS NULL
+ORDER BY created_at DESC, id DESC
 """
 
 # $1 id, $2 revoked_at -> the revoked key, or nothing when unknown or already revoked
@@ -44,19 +108,27 @@ UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL
 RETURNING id, tenant_id, environment
 """
 
+# $1 id, $2 tenant_id, $3 revoked_at -> the same, for one tenant's key only
+REVOKE_TENANT_API_KEY = """
+UPDATE api_keys SET revoked_at = $3 WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL
+RETURNING id
+"""
+
 # ---- endpoints ----------------------------------------------------------------------------
 
 ENDPOINT_COLUMNS = """
-id, tenant_id, environment, url, description, event_types, enabled, disabled_reason,
-metadata, standard_webhooks, created_at, updated_at, signing, public_key
+id, tenant_id, environment, url, url_credentials, description, event_types, enabled,
+disabled_reason, metadata, standard_webhooks, created_at, updated_at, signing, public_key
 """
 
-# $1 id, $2 tenant_id, $3 environment, $4 url, $5 description, $6 event_types, $7 enabled,
-# $8 metadata, $9 standard_webhooks, $10 created_at, $11 signing, $12 public_key (ed25519)
+# $1 id, $2 tenant_id, $3 environment, $4 url (without credentials), $5 description,
+# $6 event_types, $7 enabled, $8 metadata, $9 standard_webhooks, $10 created_at, $11 signing,
+# $12 public_key (ed25519), $13 sealed URL credentials (NULL: none)
 INSERT_ENDPOINT = f"""
 INSERT INTO endpoints (id, tenant_id, environment, url, description, event_types, enabled,
-                       metadata, standard_webhooks, created_at, updated_at, signing, public_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)
+                       metadata, standard_webhooks, created_at, updated_at, signing, public_key,
+                       url_credentials)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13)
 RETURNING {ENDPOINT_COLUMNS}
 """
 
@@ -78,10 +150,12 @@ LIMIT $5
 
 # $1 id, $2 tenant_id, $3 environment, $4 url, $5 description, $6 event_types, $7 enabled,
 # $8 metadata, $9 standard_webhooks, $10 updated_at. NULL keeps the column as it is, except
-# description, which $11 (true) clears.
+# description, which $11 (true) clears. A new url ($4, without credentials) replaces the
+# sealed credentials too ($12, NULL when it has none).
 UPDATE_ENDPOINT = f"""
 UPDATE endpoints SET
     url = COALESCE($4, url),
+    url_credentials = CASE WHEN $4 IS NULL THEN url_credentials ELSE $12 END,
     description = CASE WHEN $11 THEN NULL ELSE COALESCE($5, description) END,
     event_types = COALESCE($6, event_types),
     enabled = COALESCE($7, enabled),
@@ -197,6 +271,54 @@ JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (tenant_id, environment, ma
 JOIN events e ON e.id = m.last_event_id
 """
 
+# ---- usage counters (GET /internal/v1/tenants/{id}/usage) ----------------------------------
+# Bumped inside the ingest and settle statements (no extra round trip), into the row of the
+# backend's shard for the UTC day of `now`, so concurrent workers rarely wait on one row.
+# Rows are grouped and sorted before the upsert, so two statements lock them in one order.
+
+USAGE_SHARDS = 8
+
+# a CTE for WRITE_EVENTS: counts `new_events` (tenant_id, environment) at day_param
+USAGE_EVENTS_CTE = f"""
+usage_events AS (
+    INSERT INTO usage_daily AS u (tenant_id, environment, day, shard, events_accepted)
+    SELECT tenant_id, environment, (({{now}})::timestamptz AT TIME ZONE 'UTC')::date,
+           pg_backend_pid() % {USAGE_SHARDS}, count(*)
+    FROM new_events GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (tenant_id, day, environment, shard)
+    DO UPDATE SET events_accepted = u.events_accepted + EXCLUDED.events_accepted
+)"""
+
+# a CTE for SETTLE: counts `settled` (endpoint_id, status, failed) through their endpoints
+USAGE_SETTLED_CTE = f"""
+usage_settled AS (
+    INSERT INTO usage_daily AS u (tenant_id, environment, day, shard, deliveries_succeeded,
+                                  failed_attempts, dead_letters)
+    SELECT e.tenant_id, e.environment, (({{now}})::timestamptz AT TIME ZONE 'UTC')::date,
+           pg_backend_pid() % {USAGE_SHARDS},
+           count(*) FILTER (WHERE s.status = 'succeeded'),
+           count(*) FILTER (WHERE s.failed),
+           count(*) FILTER (WHERE s.status = 'dead')
+    FROM settled s JOIN endpoints e ON e.id = s.endpoint_id
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (tenant_id, day, environment, shard)
+    DO UPDATE SET deliveries_succeeded = u.deliveries_succeeded + EXCLUDED.deliveries_succeeded,
+                  failed_attempts = u.failed_attempts + EXCLUDED.failed_attempts,
+                  dead_letters = u.dead_letters + EXCLUDED.dead_letters
+)"""
+
+# $1 tenant_id, $2 first day, $3 last day (inclusive) -> per day and environment
+USAGE = """
+SELECT day, environment, sum(events_accepted)::bigint AS events_accepted,
+       sum(deliveries_succeeded)::bigint AS deliveries_succeeded,
+       sum(failed_attempts)::bigint AS failed_attempts,
+       sum(dead_letters)::bigint AS dead_letters
+FROM usage_daily
+WHERE tenant_id = $1 AND day BETWEEN $2 AND $3
+GROUP BY day, environment
+ORDER BY day, environment
+"""
+
 # Writes a batch of accepted transitions in ONE statement: the events, the mailings' new
 # status (one row per mailing: the caller keeps each mailing's last transition), and one
 # delivery per matching live endpoint (an endpoint whose circuit is open starts when it
@@ -206,7 +328,8 @@ JOIN events e ON e.id = m.last_event_id
 # Mailings: $9 tenant_ids, $10 environments, $11 mailing_ids, $12 statuses, $13 mail_types,
 #   $14 last event ids.
 # -> the number of deliveries created
-WRITE_EVENTS = """
+WRITE_EVENTS = (
+    """
 WITH new_events AS (
     INSERT INTO events (id, tenant_id, environment, event_type, mailing_id, occurred_at,
                         created_at, body)
@@ -233,11 +356,14 @@ fanned AS (
      AND ep.enabled AND ep.deleted_at IS NULL
      AND ep.event_types && ARRAY['*', split_part(ev.event_type, '.', 1) || '.*', ev.event_type]
     RETURNING 1
-),
+),"""
+    + USAGE_EVENTS_CTE.format(now="$8")
+    + """,
 created AS (SELECT count(*)::int AS n FROM fanned)
 SELECT n, CASE WHEN n > 0 THEN pg_notify('dispatcher_deliveries', '') END AS notified
 FROM created
 """
+)
 
 # wakes every listening worker; sent inside the ingest transaction, so it fires on commit
 NOTIFY_DELIVERIES = "SELECT pg_notify('dispatcher_deliveries', '')"
@@ -250,8 +376,9 @@ NOTIFY_DELIVERIES = "SELECT pg_notify('dispatcher_deliveries', '')"
 # start up to $7, so successive claims rotate over all of them), keeps those with something due that are below their cap
 # and not behind an open circuit, oldest head first, and takes each one's due deliveries from
 # its own index range, a fair share of the batch each: the backlog of a saturated endpoint is
-# never walked past. The endpoint rows are locked in id order, so the cap is exact across
-# workers. Returns everything a worker needs to send.
+# never walked past. Endpoints of suspended or deleted tenants are skipped (their work
+# waits). The endpoint rows are locked in id order, so the cap is exact across workers.
+# Returns everything a worker needs to send.
 CLAIM_DELIVERIES = """
 WITH RECURSIVE pending_endpoints (id, n) AS (
     (SELECT endpoint_id, 1 FROM deliveries
@@ -287,6 +414,8 @@ heads AS (
 candidates AS (
     SELECT heads.id FROM heads
     JOIN endpoints e ON e.id = heads.id
+    -- the tenant filter: a suspended or deleted tenant's deliveries wait unsent
+    JOIN tenants t ON t.id = e.tenant_id AND t.suspended_at IS NULL AND t.deleted_at IS NULL
     WHERE e.in_flight < CASE WHEN e.consecutive_failures >= $5 THEN 1 ELSE $4 END
       AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1)
     ORDER BY heads.head
@@ -332,7 +461,7 @@ claimed AS (
 SELECT c.id, c.event_id, c.endpoint_id, c.attempts, ev.event_type, ev.created_at AS event_created_at,
        COALESCE(c.replayed_at, ev.created_at) AS age_origin,
        c.attempts - c.attempts_before_replay AS schedule_attempt,
-       ev.body, ep.url, ep.standard_webhooks, ep.signing,
+       ev.body, ep.url, ep.url_credentials, ep.standard_webhooks, ep.signing,
        ARRAY(SELECT s.secret FROM endpoint_secrets s
              WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)
              ORDER BY s.created_at, s.id) AS secrets
@@ -353,7 +482,8 @@ JOIN endpoints ep ON ep.id = c.endpoint_id
 # Endpoints: $16 ids, $17 reset (a success came last), $18 failures after the last success.
 # $19 now, $20 breaker threshold, $21 base open seconds, $22 max open seconds.
 # -> the number of deliveries settled (a lease reclaimed meanwhile is not)
-SETTLE = """
+SETTLE = (
+    """
 WITH streaks AS (
     SELECT p.id, p.reset, p.fails,
            CASE WHEN p.reset THEN p.fails ELSE e.consecutive_failures + p.fails END AS failures
@@ -385,8 +515,11 @@ settled AS (
     FROM unnest($9::bigint[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[],
                 $14::int[], $15::text[]) AS u (id, attempt, status, next_at, completed_at, code, outcome)
     WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt
-    RETURNING d.endpoint_id
-),
+    RETURNING d.endpoint_id, d.status,
+              u.outcome IS DISTINCT FROM 'success' AND u.id = ANY($1::bigint[]) AS failed
+),"""
+    + USAGE_SETTLED_CTE.format(now="$19")
+    + """,
 released AS (
     SELECT endpoint_id, count(*)::int AS n FROM settled GROUP BY endpoint_id
 ),
@@ -420,6 +553,7 @@ postponed AS (
 )
 SELECT count(*)::int AS settled FROM settled
 """
+)
 
 # $1 endpoint_ids -> locks them in id order before their counters change
 LOCK_ENDPOINTS = "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
@@ -703,3 +837,99 @@ WHERE ctid >= format('(%s,0)', $1::bigint)::tid AND ctid < format('(%s,0)', $2::
 
 # $1 cutoff -> how many TRIM_IDEMPOTENCY_KEYS would delete (dry run)
 COUNT_EXPIRED_IDEMPOTENCY_KEYS = "SELECT count(*) FROM idempotency_keys WHERE created_at < $1"
+
+# ---- secrets at rest (dispatcher/store/secrets.py) ----------------------------------------
+# Sealed values read "v1:<key id>:<base64>"; anything else in endpoint_secrets.secret is a
+# legacy plain value, written before migration 006, sealed at the next start-up.
+
+# -> the key ids that sealed what the database holds (start-up check: each must be known)
+SEALED_KEY_IDS = """
+SELECT DISTINCT split_part(secret, ':', 2) AS key_id FROM endpoint_secrets
+WHERE secret LIKE 'v1:%'
+UNION
+SELECT DISTINCT split_part(url_credentials, ':', 2) FROM endpoints
+WHERE url_credentials IS NOT NULL
+"""
+
+# $1 pattern of the values to leave alone ('v1:<current key id>:%'), $2 after this id,
+# $3 limit -> secrets sealed under another key, or not sealed at all, in id order
+SECRETS_TO_SEAL = """
+SELECT id, endpoint_id, secret FROM endpoint_secrets
+WHERE secret NOT LIKE $1 AND id > $2
+ORDER BY id
+LIMIT $3
+"""
+
+# $1 id, $2 the value read, $3 the new sealed value -> nothing when it changed meanwhile
+RESEAL_SECRET = "UPDATE endpoint_secrets SET secret = $3 WHERE id = $1 AND secret = $2"
+
+# $1 pattern of the values to leave alone, $2 after this id, $3 limit -> URL credentials
+# sealed under another key, and URLs still carrying their user:password (legacy rows)
+CREDENTIALS_TO_SEAL = """
+SELECT id, url, url_credentials FROM endpoints
+WHERE id > $2
+  AND ((url_credentials IS NOT NULL AND url_credentials NOT LIKE $1)
+       OR (url_credentials IS NULL AND url ~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@'))
+ORDER BY id
+LIMIT $3
+"""
+
+# $1 id, $2 url read, $3 credentials read, $4 new url, $5 new sealed credentials
+RESEAL_CREDENTIALS = """
+UPDATE endpoints SET url = $4, url_credentials = $5
+WHERE id = $1 AND url = $2 AND url_credentials IS NOT DISTINCT FROM $3
+"""
+
+# ---- removing a deleted tenant (dispatcher/tenant_purge.py) -------------------------------
+# Each statement removes at most $2 rows, in its own short transaction, so a tenant with
+# millions of deliveries never holds a long lock or a long-running statement.
+
+# -> deleted tenants whose rows are still being removed, oldest deletion first
+DELETED_TENANTS = """
+SELECT id FROM tenants WHERE deleted_at IS NOT NULL ORDER BY deleted_at LIMIT 100
+"""
+
+# $1 tenant_id -> its endpoints, deleted ones too
+TENANT_ENDPOINT_IDS = "SELECT id FROM endpoints WHERE tenant_id = $1"
+
+# $1 endpoint ids, $2 limit -> deletes deliveries (their attempts cascade) that no worker
+# holds; an in-flight one is left to its worker's settle, then taken by a later batch
+PURGE_DELIVERIES = """
+DELETE FROM deliveries WHERE id IN (
+    SELECT d.id FROM unnest($1::text[]) AS e (id)
+    CROSS JOIN LATERAL (SELECT id FROM deliveries
+                        WHERE endpoint_id = e.id AND status <> 'in_flight' LIMIT $2) d
+    LIMIT $2)
+"""
+
+# $1 endpoint ids -> how many deliveries are still held by workers
+COUNT_IN_FLIGHT = """
+SELECT count(*)::int FROM deliveries WHERE endpoint_id = ANY($1::text[]) AND status = 'in_flight'
+"""
+
+# $1 tenant_id, $2 limit (events go once their deliveries are gone)
+PURGE_EVENTS = """
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE tenant_id = $1 AND mailing_id IS NOT NULL LIMIT $2)
+"""
+
+# $1 tenant_id, $2 limit
+PURGE_MAILINGS = """
+DELETE FROM mailings WHERE (tenant_id, environment, mailing_id) IN (
+    SELECT tenant_id, environment, mailing_id FROM mailings WHERE tenant_id = $1 LIMIT $2)
+"""
+
+# $1 tenant_id, $2 limit
+PURGE_USAGE = """
+DELETE FROM usage_daily WHERE (tenant_id, day, environment, shard) IN (
+    SELECT tenant_id, day, environment, shard FROM usage_daily WHERE tenant_id = $1 LIMIT $2)
+"""
+
+# $1 tenant_id -> its stored Idempotency-Key answers (scopes '<tenant>:<environment>')
+PURGE_TENANT_IDEMPOTENCY = """
+DELETE FROM idempotency_keys WHERE scope IN ($1 || ':sandbox', $1 || ':production')
+"""
+
+# $1 tenant_id -> the tenant row, and by cascade what little is left (keys, endpoints and
+# their secrets): only once nothing large remains
+PURGE_TENANT = "DELETE FROM tenants WHERE id = $1 AND deleted_at IS NOT NULL"

@@ -21,6 +21,14 @@ from dispatcher.signing import (
     generate_ed25519_key,
     generate_secret,
 )
+from dispatcher.store.secrets import open_secret, seal_secret, store_url, stored_url
+
+
+def _endpoint(row: Any) -> Endpoint:
+    """The endpoint with its URL as the tenant gave it (credentials unsealed)."""
+    endpoint = Endpoint.from_row(row)
+    url = stored_url(endpoint.id, row["url"], row["url_credentials"])
+    return Endpoint(**{**endpoint.__dict__, "url": url})
 
 
 @dataclass(frozen=True)
@@ -56,13 +64,15 @@ async def create_endpoint(
     carries only its public key: its private key never leaves the dispatcher.
     """
     material = _signing_material(signing, secret)
+    endpoint_id = ids.endpoint_id()
+    bare_url, credentials = store_url(endpoint_id, url)
     async with conn.transaction():
         row = await conn.fetchrow(
             q.INSERT_ENDPOINT,
-            ids.endpoint_id(),
+            endpoint_id,
             owner.tenant_id,
             owner.environment.value,
-            url,
+            bare_url,
             description,
             event_types,
             enabled,
@@ -71,9 +81,10 @@ async def create_endpoint(
             now,
             signing,
             _public_key(signing, material),
+            credentials,
         )
-        await conn.execute(q.INSERT_SECRET, row["id"], material, now)
-    endpoint = Endpoint.from_row(row)
+        await conn.execute(q.INSERT_SECRET, endpoint_id, seal_secret(endpoint_id, material), now)
+    endpoint = _endpoint(row)
     return _with_shown_secret(endpoint, material)
 
 
@@ -104,7 +115,7 @@ async def get_endpoint(
     conn: asyncpg.Connection, owner: Principal, endpoint_id: str
 ) -> Endpoint | None:
     row = await conn.fetchrow(q.GET_ENDPOINT, endpoint_id, owner.tenant_id, owner.environment.value)
-    return Endpoint.from_row(row) if row else None
+    return _endpoint(row) if row else None
 
 
 async def list_endpoints(
@@ -119,7 +130,7 @@ async def list_endpoints(
     rows = await conn.fetch(
         q.LIST_ENDPOINTS, owner.tenant_id, owner.environment.value, created, last_id, limit
     )
-    return [Endpoint.from_row(r) for r in rows]
+    return [_endpoint(r) for r in rows]
 
 
 async def endpoint_cursor(
@@ -139,13 +150,14 @@ async def update_endpoint(
     changes: EndpointChanges,
     now: datetime,
 ) -> Endpoint | None:
+    bare_url, credentials = store_url(endpoint_id, changes.url) if changes.url else (None, None)
     async with conn.transaction():
         row = await conn.fetchrow(
             q.UPDATE_ENDPOINT,
             endpoint_id,
             owner.tenant_id,
             owner.environment.value,
-            changes.url,
+            bare_url,
             changes.description,
             changes.event_types,
             changes.enabled,
@@ -153,10 +165,11 @@ async def update_endpoint(
             changes.standard_webhooks,
             now,
             changes.clear_description,
+            credentials,
         )
         if row is not None and changes.enabled is False:
             await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
-    return Endpoint.from_row(row) if row else None
+    return _endpoint(row) if row else None
 
 
 async def delete_endpoint(
@@ -202,7 +215,9 @@ async def rotate_secret(
             return None
         material = _signing_material(endpoint.signing, new_secret)
         await conn.execute(q.EXPIRE_SECRETS, endpoint_id, now + timedelta(seconds=overlap_seconds))
-        await conn.execute(q.INSERT_SECRET, endpoint_id, material, now)
+        await conn.execute(
+            q.INSERT_SECRET, endpoint_id, seal_secret(endpoint_id, material), now
+        )
         public_key = _public_key(endpoint.signing, material)
         if public_key is not None:
             await conn.execute(q.SET_PUBLIC_KEY, endpoint_id, public_key)
@@ -216,7 +231,7 @@ async def active_secrets(
     """Signing secrets per endpoint, oldest first (newest last): one round trip per batch."""
     found: dict[str, list[str]] = defaultdict(list)
     for row in await conn.fetch(q.ACTIVE_SECRETS, endpoint_ids, now):
-        found[row["endpoint_id"]].append(row["secret"])
+        found[row["endpoint_id"]].append(open_secret(row["endpoint_id"], row["secret"]))
     return dict(found)
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from dispatcher.models import Environment, Principal
 from dispatcher.store import endpoints as endpoint_store
+from tests.conftest import ENCRYPTION_KEY
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -53,6 +54,7 @@ class Process:
 def process_env(database_url: str, **settings: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     env["DISPATCHER_DATABASE_URL"] = database_url
+    env["DISPATCHER_ENCRYPTION_KEY"] = ENCRYPTION_KEY
     env["DISPATCHER_ALLOW_PRIVATE_TARGETS"] = "true"
     env["DISPATCHER_LOG_FORMAT"] = "json"
     env["DISPATCHER_METRICS_PORT"] = "0"  # several workers share the host; tests opt in

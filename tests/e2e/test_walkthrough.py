@@ -76,9 +76,22 @@ async def test_readme_walkthrough_on_the_embedded_database(tmp_path: Path, recei
         )
     try:
         await _until_ready(base, server)
-        tenant = json.loads(_cli(env, "tenants", "create", "ACME", "--json"))
-        key = tenant["keys"]["sandbox"]
+        platform = {"Authorization": f"Bearer {PLATFORM_TOKEN}"}
         async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{base}/internal/v1/tenants",
+                headers=platform,
+                json={"name": "ACME", "uid": "cust_4711"},
+            ) as r:
+                assert r.status == 201, await r.text()
+                tenant = await r.json()
+            async with http.post(
+                f"{base}/internal/v1/tenants/{tenant['id']}/keys",
+                headers=platform,
+                json={"environment": "sandbox", "name": "walk-through"},
+            ) as r:
+                assert r.status == 201, await r.text()
+                key = (await r.json())["key"]
             async with http.post(
                 f"{base}/v1/webhooks",
                 headers={"Authorization": f"Bearer {key}"},
@@ -95,7 +108,7 @@ async def test_readme_walkthrough_on_the_embedded_database(tmp_path: Path, recei
                 f"{base}/internal/v1/mailings/ml_123/transitions",
                 headers={"Authorization": f"Bearer {PLATFORM_TOKEN}"},
                 json={
-                    "tenant_id": tenant["tenant_id"],
+                    "tenant_id": tenant["id"],
                     "environment": "sandbox",
                     "status": "printed",
                     "tracking_number": "ZA123456789BE",
@@ -112,9 +125,10 @@ async def test_readme_walkthrough_on_the_embedded_database(tmp_path: Path, recei
         assert json.loads(got.body)["data"]["status"] == "printed"
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
-        # the data survives a restart of the embedded server
+        # the data survives a restart of the embedded server, and so does its encryption key
+        assert (tmp_path / "data" / "encryption.key").exists()
         listed_again = _cli(env, "tenants", "list", "--json")
-        assert tenant["tenant_id"] in listed_again
+        assert tenant["id"] in listed_again
     finally:
         if server.poll() is None:
             server.kill()

@@ -46,6 +46,9 @@ class Objects:
     event_id: str
     delivery_id: str
     mailing_id: str
+    # a tenant of its own, with a key, for the administration routes (they may delete it)
+    spare_tenant_id: str = ""
+    spare_key_id: str = ""
 
 
 class AppThread:
@@ -138,6 +141,7 @@ class AppThread:
             delivery = await conn.fetchval(
                 "SELECT id FROM deliveries WHERE endpoint_id = $1", endpoint.id
             )
+            spare, keys = await tenants.create_tenant(conn, f"Spare {self._serial}", now)
         return Objects(
             self.tenant_id,
             self.sandbox_key,
@@ -145,6 +149,8 @@ class AppThread:
             str(result.event_id),
             f"dlv_{delivery}",
             mailing,
+            spare.id,
+            keys[Environment.SANDBOX].id,
         )
 
 

@@ -94,6 +94,11 @@ def _real_path_parameters(path: str, objects: Objects) -> dict[str, str]:
         "/v1/deliveries/{id}": {"id": objects.delivery_id},
         "/v1/events/{event_id}": {"event_id": objects.event_id},
         "/internal/v1/mailings/{mailing_id}": {"mailing_id": objects.mailing_id},
+        "/internal/v1/tenants/{id}/keys/{key_id}": {
+            "id": objects.spare_tenant_id,
+            "key_id": objects.spare_key_id,
+        },
+        "/internal/v1/tenants/{id}": {"id": objects.spare_tenant_id},
     }
     for prefix, params in known.items():
         if path.startswith(prefix):

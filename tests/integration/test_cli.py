@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from dispatcher.cli import main
+from tests.conftest import ENCRYPTION_KEY
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -31,6 +32,7 @@ async def arun(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     monkeypatch.setenv("DISPATCHER_DATABASE_URL", database_url)
+    monkeypatch.setenv("DISPATCHER_ENCRYPTION_KEY", ENCRYPTION_KEY)
     monkeypatch.setenv("DISPATCHER_LOG_FORMAT", "text")
 
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from dispatcher import cli
-from tests.conftest import TenantKeys
+from tests.conftest import ENCRYPTION_KEY, TenantKeys
 
 MakeTenant = Callable[..., Awaitable[TenantKeys]]
 
@@ -22,6 +22,7 @@ MakeTenant = Callable[..., Awaitable[TenantKeys]]
 @pytest.fixture
 def cli_database(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     monkeypatch.setenv("DISPATCHER_DATABASE_URL", database_url)
+    monkeypatch.setenv("DISPATCHER_ENCRYPTION_KEY", ENCRYPTION_KEY)
     monkeypatch.setenv("DISPATCHER_LOG_FORMAT", "text")
 
 

@@ -183,6 +183,7 @@ async def test_attempts_of_a_page_come_in_one_query(
     ours = [q for q in statements if q in vars(queries).values()]  # not type introspection
     assert ours == [
         queries.AUTHENTICATE_KEY,
+        queries.TOUCH_API_KEY,  # the key's first use this minute is noted, once
         queries.GET_ENDPOINT,
         queries.LIST_ENDPOINT_DELIVERIES,
         queries.ATTEMPTS_OF_DELIVERIES,

@@ -270,7 +270,11 @@ async def test_bad_credentials_open_no_route(
     ]
     for security, refused in (("tenant", tenant_refused), ("platform", platform_refused)):
         for route in _routes(client, security):
-            path = _fill(route, target) if security == "tenant" else _platform_path(route)
+            path = (
+                _fill(route, target)
+                if security == "tenant"
+                else _platform_path(route, alice.tenant_id, revoked.id)
+            )
             for authorization in refused:
                 status, raw = await matrix.call(route, path, authorization)
                 if status != 401:
@@ -279,10 +283,42 @@ async def test_bad_credentials_open_no_route(
     matrix.verdict()
 
 
-def _platform_path(route: DocumentedRoute) -> str:
-    path = route.path.replace("{mailing_id}", "ml_matrix")
+def _platform_path(route: DocumentedRoute, tenant_id: str, key_id: str) -> str:
+    path = (
+        route.path.replace("{mailing_id}", "ml_matrix")
+        .replace("{id}", tenant_id)
+        .replace("{key_id}", key_id)
+    )
     assert "{" not in path, f"teach test_security_matrix.py the ids of {route.path}"
     return path
+
+
+async def test_suspended_and_deleted_tenants_keys_open_no_route(
+    pool: asyncpg.Pool, clock: FakeClock, make_tenant: Any, matrix: Matrix, client: Client
+) -> None:
+    """A suspended tenant's live keys are 403 on every tenant route (nothing shown, nothing
+    changed); a deleted tenant's are 401, like any unknown key."""
+    alice: TenantKeys = await make_tenant("Alice")
+    bob: TenantKeys = await make_tenant("Bob")
+    target = await _objects(pool, clock, alice, "sandbox", "alice")
+    bobs = await _objects(pool, clock, bob, "sandbox", "bob")
+    before = await _snapshot(pool, target)
+    platform = {"Authorization": f"Bearer {PLATFORM_TOKEN}"}
+    response = await client.patch(
+        f"/internal/v1/tenants/{alice.tenant_id}", json={"suspended": True}, headers=platform
+    )
+    assert response.status == 200
+    response = await client.delete(f"/internal/v1/tenants/{bob.tenant_id}", headers=platform)
+    assert response.status in (202, 204)
+    for route in _routes(client, "tenant"):
+        for objects, keys, expected in ((target, alice, 403), (bobs, bob, 401)):
+            path = _fill(route, objects)
+            for key in (keys.sandbox, keys.production):
+                status, raw = await matrix.call(route, path, f"Bearer {key}")
+                if status != expected or any(i.encode() in raw for i in objects.ids()):
+                    matrix.crossing(f"{route.method} {path}: {status} {raw[:200]!r}")
+    assert await _snapshot(pool, target) == before, "a suspended tenant's request changed data"
+    matrix.verdict()
 
 
 # ---- SSRF through the API -------------------------------------------------------------

@@ -27,6 +27,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from dispatcher import sealing
 from dispatcher.db.embedded import embedded_postgres
 from dispatcher.db.migrate import migrate
 from dispatcher.db.pool import create_pool
@@ -36,6 +37,8 @@ from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
 
 TOKEN = "bench-platform-token-0123456789abcdef"
+ENCRYPTION_KEY = "YmVuY2gtZW5jcnlwdGlvbi1rZXktMzItYnl0ZXMtMDA="
+sealing.install(sealing.keyring_from(ENCRYPTION_KEY))
 CONCURRENCY = 64
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # Throughput runs let the worker hold as many requests in flight as the ceiling's client,
@@ -112,6 +115,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
         env.update(
             DISPATCHER_DATABASE_URL=self.url,
+            DISPATCHER_ENCRYPTION_KEY=ENCRYPTION_KEY,
             DISPATCHER_PLATFORM_TOKEN=TOKEN,
             DISPATCHER_ALLOW_PRIVATE_TARGETS="true",
             DISPATCHER_PORT=str(self.api_port),
@@ -389,11 +393,14 @@ class Bench:
                     self.recv("b"),
                     now,
                 )
-                await conn.execute(
-                    """INSERT INTO endpoint_secrets (endpoint_id, secret, created_at)
-                       SELECT 'ep_b' || g, $1, $2 FROM generate_series(1, 1000) g""",
-                    SECRET,
-                    now,
+                keyring = sealing.keyring_from(ENCRYPTION_KEY)
+                await conn.executemany(
+                    "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at)"
+                    " VALUES ($1, $2, $3)",
+                    [
+                        (f"ep_b{g}", keyring.seal(SECRET, f"endpoint_secret:ep_b{g}"), now)
+                        for g in range(1, 1001)
+                    ],
                 )
             events = pending // 1000
             now = datetime.now(UTC)
