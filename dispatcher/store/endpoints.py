@@ -215,9 +215,7 @@ async def rotate_secret(
             return None
         material = _signing_material(endpoint.signing, new_secret)
         await conn.execute(q.EXPIRE_SECRETS, endpoint_id, now + timedelta(seconds=overlap_seconds))
-        await conn.execute(
-            q.INSERT_SECRET, endpoint_id, seal_secret(endpoint_id, material), now
-        )
+        await conn.execute(q.INSERT_SECRET, endpoint_id, seal_secret(endpoint_id, material), now)
         public_key = _public_key(endpoint.signing, material)
         if public_key is not None:
             await conn.execute(q.SET_PUBLIC_KEY, endpoint_id, public_key)

@@ -15,6 +15,7 @@ import pytest
 from dispatcher import sealing
 from dispatcher.errors import ConfigError
 from dispatcher.sealing import SealError
+from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import secrets as secret_store
 from tests.conftest import ENCRYPTION_KEY, PLATFORM_TOKEN, make_settings
 from tests.integration.conftest import Client, World
@@ -83,10 +84,25 @@ async def populate(api: Client, world: World) -> list[str]:
         URL_USER,
         *(k["key"] for k in keys),
     ]
-    for value in (given, generated, rotated):
-        for name in ("public_key", "private_key"):  # asymmetric signing, where the API has it
-            if isinstance(value.get(name), str) and name == "private_key":
-                found.append(value[name])
+    # an ed25519 endpoint, rotated: its private keys never leave the dispatcher (read back
+    # through the store, to know what to look for)
+    asymmetric = await _json(
+        api,
+        "POST",
+        "/v1/webhooks",
+        201,
+        json={"url": world.receiver.url("/ed"), "events": ["*"], "signing": "ed25519"},
+        headers=tenant_auth,
+    )
+    await _json(
+        api, "POST", f"/v1/webhooks/{asymmetric['id']}/rotate-secret", 200, headers=tenant_auth
+    )
+    async with world.pool.acquire() as conn:
+        private_keys = (
+            await endpoint_store.active_secrets(conn, [asymmetric["id"]], world.clock.now())
+        )[asymmetric["id"]]
+    assert len(private_keys) == 2 and all(k.startswith("whsk_") for k in private_keys)
+    found += private_keys
     if any(r.resource and r.resource.canonical == "/internal/v1/portal-sessions"
            for r in api.app.router.routes()):  # fmt: skip
         session = await _json(
@@ -133,8 +149,9 @@ async def every_column_value(pool: asyncpg.Pool) -> list[tuple[str, bytes]]:
 def _forms(secret: str) -> list[bytes]:
     """The secret as text, and as the raw bytes it encodes (a whsec_ key's HMAC key)."""
     forms = [secret.encode()]
-    if secret.startswith("whsec_"):
-        forms.append(base64.b64decode(secret.removeprefix("whsec_")))
+    for prefix in ("whsec_", "whsk_"):
+        if secret.startswith(prefix):
+            forms.append(base64.b64decode(secret.removeprefix(prefix)))
     return forms
 
 
