@@ -174,7 +174,8 @@ RETURNING {ENDPOINT_COLUMNS}
 # history, without the URL's user info (credentials are wiped with the endpoint)
 DELETE_ENDPOINT = """
 UPDATE endpoints SET deleted_at = $4, enabled = false, updated_at = $4,
-       url = regexp_replace(url, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\\1')
+       url = regexp_replace(url, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\\1'),
+       url_credentials = NULL
 WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND deleted_at IS NULL
 RETURNING id
 """

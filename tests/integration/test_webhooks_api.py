@@ -16,6 +16,7 @@ from api.app import create_app
 from dispatcher.clock import FakeClock
 from dispatcher.models import Environment, Principal
 from dispatcher.store import endpoints as store
+from dispatcher.store import secrets as secret_store
 from dispatcher.store import tenants
 from tests.conftest import TenantKeys, make_settings
 
@@ -480,12 +481,18 @@ async def test_delete_wipes_secrets_and_url_credentials(
     response = await client.delete(f"/v1/webhooks/{gone['id']}", headers=acme.headers())
     assert response.status == 204
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT id, url, deleted_at FROM endpoints ORDER BY created_at")
+        rows = await conn.fetch(
+            "SELECT id, url, url_credentials, deleted_at FROM endpoints ORDER BY created_at"
+        )
         secrets = await conn.fetch("SELECT endpoint_id FROM endpoint_secrets")
     by_id = {r["id"]: r for r in rows}
     assert by_id[gone["id"]]["deleted_at"] is not None, "the row stays, for the history"
     assert by_id[gone["id"]]["url"] == "https://example.com/hooks?x=1"
-    assert by_id[keep["id"]]["url"] == url, "other endpoints keep theirs"
+    assert by_id[gone["id"]]["url_credentials"] is None
+    # other endpoints keep theirs (stored apart from the URL, encrypted)
+    assert by_id[keep["id"]]["url"] == "https://example.com/hooks?x=1"
+    sealed = by_id[keep["id"]]["url_credentials"]
+    assert secret_store.open_credentials(keep["id"], sealed) == "hook-user:hunter2-pw"
     assert {r["endpoint_id"] for r in secrets} == {keep["id"]}
 
 
