@@ -9,10 +9,11 @@ Decisions:
   characters; no backslash (parsers disagree on it); no fragment (never sent).
 - The host is either a DNS name, lower-case LDH labels (underscores tolerated, an optional
   final dot kept), IDNA-normalised per UTS #46 (``bücher.de`` -> ``xn--bcher-kva.de``,
-  fullwidth letters -> ASCII), or an IP literal written back canonically: dotted-quad
-  IPv4 (the inet_aton forms ``127.1``, ``0x7f.1`` become ``127.0.0.1``, as browsers read
-  them) or a bracketed IPv6 address without zone id. A bracket holding anything else, a
-  ``%`` in a host, or a name whose last label is a number but no IPv4 is refused.
+  fullwidth letters -> ASCII), or a canonical IP literal: dotted-quad decimal IPv4, or a
+  bracketed IPv6 address without zone id (stored in its RFC 5952 form). A bracket holding
+  anything else, a ``%`` in a host, and a name whose last label is a number but which is no
+  dotted quad (the inet_aton forms ``127.1``, ``0x7f.1``, ``2130706433``, which browsers
+  and resolvers read as IPv4) are refused.
 - Userinfo, path and query are percent-encoded where RFC 3986 does not allow a character
   as is (non-ASCII as UTF-8), so what is stored is exactly what is sent.
 - Messages never echo the URL, its user info or its port: any part may hold a credential.
@@ -127,21 +128,30 @@ def _dns_name(host: str) -> str | None:
     return name + final_dot
 
 
-def _host(raw: str) -> tuple[str, IPAddress | None] | None:
-    """The normalised host and its address if it is a literal; None if it is neither."""
+_BAD_HOST = "host is not a valid hostname or IP address"
+
+
+def _host(raw: str) -> tuple[str, IPAddress | None]:
+    """The normalised host and its address if it is a literal; InvalidUrl if it is neither."""
     if raw.startswith("["):
         ip = _ipv6(raw[1:-1]) if raw.endswith("]") else None
-        return (f"[{ip.compressed}]", ip) if ip is not None else None
-    if "%" in raw or "[" in raw or "]" in raw:
-        return None
-    name = _dns_name(raw)
+        if ip is None:
+            raise InvalidUrl([f"{_BAD_HOST} (brackets hold an IPv6 address, without zone id)"])
+        return f"[{ip.compressed}]", ip
+    name = _dns_name(raw) if not any(c in raw for c in "%[]") else None
     if name is None:
-        return None
-    last = name.rstrip(".").rpartition(".")[2]
-    if _NUMBER.match(last):  # browsers read any name ending in a number as IPv4
-        ip = parse_ip_literal(name)
-        if not isinstance(ip, ipaddress.IPv4Address):
-            return None
+        raise InvalidUrl([_BAD_HOST])
+    address = name.removesuffix(".")
+    if _NUMBER.match(address.rpartition(".")[2]):  # browsers read such a name as IPv4
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            shorthand = parse_ip_literal(address) is not None  # 127.1, 0x7f.1, 2130706433
+            raise InvalidUrl(
+                ["an IPv4 address must be written as four decimal numbers (a.b.c.d)"]
+                if shorthand
+                else [_BAD_HOST]
+            ) from None
         return str(ip), ip
     return name, None
 
@@ -210,10 +220,12 @@ def parse_url(url: str) -> WebhookUrl:
     raw_host, raw_port = _split_host_port(hostport)
     if not raw_host:
         raise InvalidUrl(["must include a host"])
-    found = _host(raw_host)
+    found: tuple[str, IPAddress | None] | None = None
+    try:
+        found = _host(raw_host)
+    except InvalidUrl as exc:
+        problems += exc.problems
     port, port_problem = _port(raw_port)
-    if found is None:
-        problems.append("host is not a valid hostname or IP address")
     if port_problem is not None:
         problems.append(port_problem)
     if "#" in target:
