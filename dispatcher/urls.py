@@ -181,6 +181,12 @@ def _port(text: str | None) -> tuple[int | None, str | None]:
     return port, None
 
 
+def _target(raw: str) -> str:
+    """Path and query as sent: at least "/", an empty query dropped (clients drop it too)."""
+    target = _encode(raw if raw.startswith("/") else "/" + raw, _SAFE_TARGET)
+    return target.removesuffix("?") if target.count("?") == 1 else target
+
+
 def _text_problems(url: str) -> list[str]:
     problems = []
     if len(url) > MAX_URL_LENGTH:
@@ -239,7 +245,7 @@ def parse_url(url: str) -> WebhookUrl:
         host=host,
         ip=ip,
         port=port,
-        target=_encode(target if target.startswith("/") else "/" + target, _SAFE_TARGET),
+        target=_target(target),
     )
     if len(parsed.text) > MAX_URL_LENGTH:
         raise InvalidUrl([f"must be at most {MAX_URL_LENGTH} characters once percent-encoded"])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
 from api.urls import MAX_URL_LENGTH, checked_url, redact_url, url_problems
 from dispatcher.models import Environment
-from dispatcher.urls import parse_url
+from dispatcher.urls import InvalidUrl, parse_url
 
 SANDBOX = Environment.SANDBOX
 PRODUCTION = Environment.PRODUCTION
@@ -190,6 +193,7 @@ def test_redact_url(url: str, shown: str) -> None:
         ("HTTPS://EXAMPLE.com./", "https://example.com./"),
         ("https://example.com", "https://example.com/"),
         ("https://example.com?a=b", "https://example.com/?a=b"),
+        ("https://example.com/x?", "https://example.com/x"),  # clients drop an empty query
         ("https://example.com:/x", "https://example.com/x"),
         ("https://example.com:08443/x", "https://example.com:8443/x"),
         ("https://8.8.8.8/", "https://8.8.8.8/"),
@@ -224,3 +228,27 @@ def test_idna_maps_onto_loopback_and_localhost_are_refused() -> None:
         "http://LOCALHOST/",
     ):
         assert any("private, loopback" in m for m in problems(url)), url
+
+
+_URL_CHARACTERS = st.sampled_from(
+    list("aZ09-._~:/?#[]@!$&'()*+,;=%\\ \t\x00\u00e9\u6f22\uff56\u3002")
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.sampled_from(["http://", "https://", "HTTP://", "http:/", "h://"]),
+    st.text(alphabet=_URL_CHARACTERS, max_size=40),
+)
+def test_the_http_client_sees_what_the_parser_saw(scheme: str, rest: str) -> None:
+    """Whatever the text, an accepted URL reaches aiohttp's URL type with the same host,
+    port, path and query that were judged: the two never disagree (issue 16's root cause)."""
+    try:
+        parsed = parse_url(scheme + rest)
+    except InvalidUrl:
+        return
+    assert parse_url(parsed.text) == parsed, "normalising is stable"
+    sent = URL(parsed.without_credentials, encoded=True)
+    host = parsed.host.removeprefix("[").removesuffix("]")
+    assert (sent.raw_host, sent.explicit_port) == (host, parsed.port)
+    assert sent.raw_path_qs == parsed.target
