@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from api.routes import tenants_admin
+from dispatcher.db import queries
 from dispatcher.tenant_purge import purge_tenant
 from tests.conftest import PLATFORM_TOKEN
 from tests.integration.conftest import Client, World
@@ -432,3 +433,20 @@ async def test_usage_range_is_checked(client: Client, query: str) -> None:
     tenant = await new_tenant(client)
     answer = await call(client, "GET", f"{TENANTS}/{tenant['id']}/usage?{query}", 422)
     assert answer["error"]["errors"][0]["field"] in ("from", "to")
+
+
+async def test_usage_reads_its_counters_by_key_not_the_history(pool: asyncpg.Pool) -> None:
+    """However long the history, a usage request reads at most days x 2 x 8 counter rows."""
+    async with pool.acquire() as conn:
+        await conn.execute("SET enable_seqscan = off")
+        plan = await conn.fetch(
+            "EXPLAIN "
+            + queries.USAGE.replace("$1", "'ten_x'")
+            .replace("$2", "'2026-01-01'::date")
+            .replace("$3", "'2026-03-31'::date")
+        )
+        await conn.execute("RESET enable_seqscan")
+    text = "\n".join(r[0] for r in plan)
+    assert "usage_daily_pkey" in text, text
+    for history in ("events", "deliveries", "attempts", "delivery_queue", "delivery_outcomes"):
+        assert f" on {history}" not in text, text
