@@ -305,6 +305,8 @@ async def test_delete_removes_everything_and_keys_stop_at_once(
     tenant, key = await _tenant_with_endpoint(api, world, "/doomed")
     keep, keep_key = await _tenant_with_endpoint(api, world, "/kept")
     world.receiver.script("/doomed", 500)
+    ok = {"url": world.receiver.url("/doomed-ok"), "events": ["*"]}  # its history, too
+    await call(api, "POST", "/v1/webhooks", 201, ok, headers=bearer(key["key"]))
     for n in range(3):
         await _report(api, tenant["id"], f"ml_{n}", "created")
         await _report(api, keep["id"], f"ml_{n}", "created")
