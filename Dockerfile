@@ -26,6 +26,7 @@ COPY README.md ./
 COPY migrations ./migrations
 COPY dispatcher ./dispatcher
 COPY api ./api
+COPY run ./run
 RUN pip install --no-cache-dir --no-deps .
 
 ENV DISPATCHER_HOST=0.0.0.0 \

@@ -19,8 +19,8 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from dispatcher import metrics
-from dispatcher.cli import build_parser
 from dispatcher.settings import ENV_PREFIX, Settings
+from run.cli import build_parser
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_dockerfile_shape() -> None:
     )
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignored, "the build context is an allow-list"
-    for needed in ("pyproject.toml", "README.md", "migrations/", "dispatcher/", "api/"):
+    for needed in ("pyproject.toml", "README.md", "migrations/", "dispatcher/", "api/", "run/"):
         assert f"!{needed}" in ignored, f"{needed} must reach the build context"
 
 

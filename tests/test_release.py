@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dispatcher_version_prints_the_package_version() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "--version"],
+        [sys.executable, "-m", "run.cli", "--version"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert done.stdout.strip() == f"dispatcher {__version__}"

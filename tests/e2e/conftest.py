@@ -27,7 +27,7 @@ class Process:
         # a file, not a pipe: an unread pipe fills up and blocks the process on its next log line
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dispatcher.cli", *args],
+                [sys.executable, "-m", "run.cli", *args],
                 env=env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,

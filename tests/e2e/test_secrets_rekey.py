@@ -85,7 +85,7 @@ async def test_rekey_while_the_service_delivers(
     env = process_env(database_url, encryption_key=new_key, encryption_old_keys=ENCRYPTION_KEY)
     rekey = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "dispatcher.cli", "secrets", "rekey"],
+        [sys.executable, "-m", "run.cli", "secrets", "rekey"],
         env=env,
         capture_output=True,
         text=True,

@@ -39,7 +39,7 @@ def _env(data_dir: Path, port: int) -> dict[str, str]:
 
 def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *args],
+        [sys.executable, "-m", "run.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -69,7 +69,7 @@ async def test_readme_walkthrough_on_the_embedded_database(tmp_path: Path, recei
     base = f"http://127.0.0.1:{port}"
     with (tmp_path / "serve.log").open("wb") as log:
         server = subprocess.Popen(  # noqa: ASYNC220 - a test starting the service
-            [sys.executable, "-m", "dispatcher.cli", "serve", "--migrate"],
+            [sys.executable, "-m", "run.cli", "serve", "--migrate"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -31,7 +31,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 @pytest.fixture
 async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The delivery client, as `dispatcher/service.py` hands it to the app and the worker."""
+    """The delivery client, as `run/service.py` hands it to the app and the worker."""
     async with delivery_session(allow_private=True, max_connections=20) as session:
         yield session
 

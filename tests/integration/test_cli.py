@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from dispatcher.cli import main
+from run.cli import main
 from tests.conftest import ENCRYPTION_KEY
 
 
@@ -91,7 +91,7 @@ def test_serve_refuses_an_unmigrated_database(empty_database_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     env.update(DISPATCHER_DATABASE_URL=empty_database_url, DISPATCHER_PORT="0")
     done = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "serve"],
+        [sys.executable, "-m", "run.cli", "serve"],
         env=env,
         capture_output=True,
         text=True,

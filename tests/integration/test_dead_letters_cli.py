@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from dispatcher import cli
+from run import cli
 from tests.conftest import ENCRYPTION_KEY, TenantKeys
 
 MakeTenant = Callable[..., Awaitable[TenantKeys]]

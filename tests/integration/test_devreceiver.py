@@ -105,7 +105,7 @@ def test_check_v1a_ignores_other_versions_and_bad_entries() -> None:
 @pytest.mark.parametrize("bad", ["whsec_abc", "whpk_not-base64", "whpk_AAAA"])
 def test_cli_refuses_a_bad_public_key(bad: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "receive", "--public-key", bad, "--port", "0"],
+        [sys.executable, "-m", "run.cli", "receive", "--public-key", bad, "--port", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2
@@ -114,7 +114,7 @@ def test_cli_refuses_a_bad_public_key(bad: str) -> None:
 
 def test_cli_wants_exactly_one_of_secret_and_public_key() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "receive"],
+        [sys.executable, "-m", "run.cli", "receive"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and "--secret" in done.stderr and "--public-key" in done.stderr

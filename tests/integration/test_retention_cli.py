@@ -12,9 +12,9 @@ import asyncpg
 import pytest
 
 from dispatcher import retention
-from dispatcher.cli import main
 from dispatcher.clock import FakeClock
 from dispatcher.db import queries as q
+from run.cli import main
 from tests.integration.history_tables import Scratch
 
 

@@ -132,7 +132,7 @@ class Bench:
         return proc
 
     def worker(self, **extra: Any) -> Proc:
-        return self.spawn(sys.executable, "-m", "dispatcher.cli", "worker", **extra)
+        return self.spawn(sys.executable, "-m", "run.cli", "worker", **extra)
 
     async def until(self, check: Callable[[], Awaitable[bool]], limit: float = 120) -> None:
         async with asyncio.timeout(limit):
@@ -160,7 +160,7 @@ class Bench:
             await migrate(conn)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         self.spawn(sys.executable, "-m", "tests.perf.receiver", "--port", str(self.recv_port))
-        self.spawn(sys.executable, "-m", "dispatcher.cli", "api")
+        self.spawn(sys.executable, "-m", "run.cli", "api")
 
         async def up() -> bool:
             try:

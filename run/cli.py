@@ -297,7 +297,7 @@ def _cmd_secrets_generate_key(args: argparse.Namespace) -> int:
 
 def _role(api: bool, worker: bool) -> Callable[[Settings, argparse.Namespace], Awaitable[int]]:
     async def run(settings: Settings, args: argparse.Namespace) -> int:
-        from dispatcher.service import serve
+        from run.service import serve
 
         await serve(settings, api=api, worker=worker, migrate_first=args.migrate)
         return 0

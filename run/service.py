@@ -1,8 +1,4 @@
-"""Runs the roles of one process (API, workers, or both) as one `async with` stack.
-
-The REST app lives in the `api` package, which depends on this one; it is found through the
-`dispatcher.apps` entry point so that the engine never imports it.
-"""
+"""Runs the roles of one process (API, workers, or both) as one `async with` stack."""
 
 from __future__ import annotations
 
@@ -10,17 +6,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
-from importlib.metadata import entry_points
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from api.app import create_app
 from dispatcher import sealing
 from dispatcher.db.migrate import ensure_migrated, migrate
 from dispatcher.db.pool import database_url, open_pool
-from dispatcher.errors import ConfigError
 from dispatcher.gauges import refresh_gauges_forever
 from dispatcher.http_server import api_runner
 from dispatcher.listener import Listener
@@ -32,16 +27,6 @@ from dispatcher.store.secrets import load_keyring, reseal_legacy
 from dispatcher.worker import Worker, WorkerConfig
 
 log = logging.getLogger(__name__)
-
-AppFactory = Callable[..., web.Application]
-
-
-def load_app_factory() -> AppFactory:
-    found = entry_points(group="dispatcher.apps", name="api")
-    for ep in found:
-        factory: AppFactory = ep.load()
-        return factory
-    raise ConfigError("the REST API package is not installed (entry point dispatcher.apps:api)")
 
 
 async def prepare_database(
@@ -65,7 +50,7 @@ async def prepare_database(
 async def api_role(
     settings: Settings, pool: asyncpg.Pool, services: dict[str, Any]
 ) -> AsyncIterator[web.AppRunner]:
-    app = load_app_factory()(settings, pool, services=services)
+    app = create_app(settings, pool, services=services)
     runner = api_runner(app, settings)
     await runner.setup()
     try:
