@@ -27,9 +27,9 @@ import orjson
 from aiohttp import web
 
 from api.context import clock, pool
-from dispatcher.db import queries as q
 from dispatcher.errors import DispatcherError, FieldError, ValidationFailed
 from dispatcher.models import Principal
+from dispatcher.store import idempotency as store
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -99,26 +99,21 @@ async def idempotent(
         if key is None:
             return await handler(conn)
         fingerprint = request_fingerprint(request.method, request.path, body)
-        await conn.execute(q.LOCK_IDEMPOTENCY_KEY, scope, key)
-        stored = await conn.fetchrow(q.GET_IDEMPOTENT_RESPONSE, scope, key)
+        await store.lock_key(conn, scope, key)
+        stored = await store.stored_answer(conn, scope, key)
         if stored is not None:
-            if bytes(stored["request_hash"]) != fingerprint:
+            if stored.request_hash != fingerprint:
                 raise IdempotencyKeyReused(
                     f"this {HEADER} was already used for a different request; "
                     "use a new key for a new request"
                 )
-            return _replay(stored["response_status"], bytes(stored["response_body"]))
+            return _replay(stored.status, stored.body)
         response = await handler(conn)
         if response.status < 500:
             if not isinstance(response.body, bytes | None):
                 raise TypeError("idempotent handlers must answer with an in-memory body")
-            await conn.execute(
-                q.SAVE_IDEMPOTENT_RESPONSE,
-                scope,
-                key,
-                fingerprint,
-                response.status,
-                _stored_body(response.body or b"", omit),
-                clock(request).now(),
+            answer = store.StoredAnswer(
+                fingerprint, response.status, _stored_body(response.body or b"", omit)
             )
+            await store.save_answer(conn, scope, key, answer, clock(request).now())
         return response

@@ -20,11 +20,11 @@ from dispatcher.gauges import refresh_gauges_forever
 from dispatcher.http_server import api_runner
 from dispatcher.listener import Listener
 from dispatcher.maintenance import maintain_forever
-from dispatcher.metrics_server import metrics_listener
 from dispatcher.sender import delivery_session
 from dispatcher.settings import Settings
 from dispatcher.store.secrets import load_keyring, reseal_legacy
 from dispatcher.worker import Worker, WorkerConfig
+from run.metrics_server import metrics_listener
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,14 @@
-"""Probes and metrics for SREs."""
+"""Probes and metrics for SREs: served on the API port, and on a worker-only process's
+metrics port by the same handlers (`run/metrics_server.py`)."""
 
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.context import pool
 from api.responses import error_response, json_response
-from dispatcher.db.migrate import ensure_migrated
-from dispatcher.errors import DispatcherError
+from dispatcher.readiness import unready_reason
 
 routes = web.RouteTableDef()
 
@@ -22,14 +20,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    try:
-        async with asyncio.timeout(2):
-            async with pool(request).acquire() as conn:
-                await ensure_migrated(conn)
-    except DispatcherError as exc:
-        return error_response(503, "not_ready", str(exc))
-    except (TimeoutError, OSError, Exception):
-        return error_response(503, "not_ready", "database unreachable")
+    reason = await unready_reason(pool(request))
+    if reason is not None:
+        return error_response(503, "not_ready", reason)
     return json_response({"status": "ready"})
 
 

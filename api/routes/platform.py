@@ -45,10 +45,10 @@ from api.platform_schemas import (
     mailing_id_problem,
 )
 from api.responses import field_errors, json_response, read_json
-from dispatcher.db import queries as q
 from dispatcher.errors import FieldError, ValidationFailed
 from dispatcher.events import Result, Transition, TransitionResult, record_transitions
 from dispatcher.metrics import EVENTS_INGESTED
+from dispatcher.store import tenants
 from dispatcher.transitions import MailingStatus
 
 routes = web.RouteTableDef()
@@ -99,8 +99,7 @@ async def _require_tenants(
     conn: asyncpg.Connection, items: Sequence[Transition], field: Callable[[int], str]
 ) -> None:
     """422 naming every unknown tenant; the known ones stay locked until commit."""
-    wanted = sorted({t.tenant_id for t in items})
-    known = {r["id"] for r in await conn.fetch(q.LOCK_TENANTS, wanted)}
+    known = await tenants.lock_tenants(conn, [t.tenant_id for t in items])
     errors = [
         FieldError(field(i), "no such tenant")
         for i, t in enumerate(items)

@@ -20,11 +20,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.app import create_app
 from dispatcher.clock import FakeClock
 from dispatcher.errors import ConfigError
 from dispatcher.events import Transition, record_transitions
 from dispatcher.gauges import refresh_gauges
-from dispatcher.metrics_server import create_metrics_app, metrics_listener
 from dispatcher.models import Environment, Principal
 from dispatcher.policy import Outcome, RetryPolicy
 from dispatcher.retention import BOUNDED_TABLES
@@ -32,7 +32,8 @@ from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.transitions import MailingStatus
 from dispatcher.worker import Worker, WorkerConfig
-from tests.conftest import PLATFORM_TOKEN, TenantKeys
+from run.metrics_server import create_metrics_app, metrics_listener
+from tests.conftest import PLATFORM_TOKEN, TenantKeys, make_settings
 from tests.tooling import free_port
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -334,6 +335,21 @@ async def test_the_worker_listener_answers_probes(pool: asyncpg.Pool) -> None:
         assert (await client.get("/healthz")).status == 200
         ready = await client.get("/readyz")
         assert ready.status == 200 and (await ready.json())["status"] == "ready"
+
+
+async def test_both_ports_answer_readiness_with_one_handler(database_url: str) -> None:
+    """A worker's metrics port and the API port say "not ready" in the same words and shape."""
+    closed = await asyncpg.create_pool(database_url, min_size=0, max_size=1)
+    await closed.close()  # every acquire now fails, as when the database is gone
+    answers = []
+    for app in (create_metrics_app(closed), create_app(make_settings(), closed)):
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get("/readyz")
+            answers.append((response.status, await response.json()))
+    assert answers[0] == answers[1]
+    status, body = answers[0]
+    assert status == 503
+    assert body == {"error": {"type": "not_ready", "message": "database unreachable"}}
 
 
 async def test_a_taken_metrics_port_fails_start_up_only_when_configured(

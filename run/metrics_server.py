@@ -1,55 +1,33 @@
 """A worker-only process's own small listener: /metrics, /healthz and /readyz.
 
 A process that runs the API serves these on the API port. A `dispatcher worker` process has
-no API, so it opens this one on `DISPATCHER_METRICS_PORT`: Prometheus scrapes every process
-(one target per process or pod), and the kubelet probes workers the same way as API pods.
+no API, so it opens this one on `DISPATCHER_METRICS_PORT`, with the API's own handlers of
+these three routes: Prometheus scrapes every process (one target per process or pod), and
+the kubelet probes workers the same way as API pods, with the same answers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dispatcher.db.migrate import ensure_migrated
-from dispatcher.errors import ConfigError, DispatcherError
+from api.context import POOL
+from api.errors import error_middleware
+from api.routes import ops
+from dispatcher.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-POOL = web.AppKey("pool", asyncpg.Pool)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    try:
-        async with asyncio.timeout(2), request.app[POOL].acquire() as conn:
-            await ensure_migrated(conn)
-    except DispatcherError as exc:
-        return web.json_response({"status": "not_ready", "reason": str(exc)}, status=503)
-    except Exception:
-        reason = "database unreachable"
-        return web.json_response({"status": "not_ready", "reason": reason}, status=503)
-    return web.json_response({"status": "ready"})
-
 
 def create_metrics_app(pool: asyncpg.Pool) -> web.Application:
-    app = web.Application()
+    """The API's own probe and metrics routes, answering in the API's error shape."""
+    app = web.Application(middlewares=[error_middleware])
     app[POOL] = pool
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    app.add_routes(ops.routes)
     return app
 
 
