@@ -39,7 +39,6 @@ Handler = Callable[[asyncpg.Connection], Awaitable[web.Response]]
 
 
 class IdempotencyKeyReused(DispatcherError):
-    status = 422
     type = "idempotency_key_reused"
 
 

@@ -32,6 +32,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from api.errors import ErrorStatus, by_status, documented_errors
 from api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from api.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
 from api.platform_schemas import MAILING_ID_PATTERN
@@ -103,21 +104,6 @@ class ErrorBody(BaseModel):
 
     error: ErrorDetail
 
-
-_ERRORS: dict[int, tuple[str, str]] = {
-    400: ("BadRequest", "The body is empty or not JSON."),
-    401: ("Unauthorized", "Missing, malformed, unknown or revoked credentials."),
-    404: ("NotFound", "No such object for this tenant and environment."),
-    409: ("Conflict", "The request conflicts with the object's current state."),
-    413: ("PayloadTooLarge", "The body is larger than DISPATCHER_MAX_BODY_BYTES."),
-    422: ("ValidationError", "The request is invalid; every problem is listed by field."),
-    429: (
-        "TooManyRequests",
-        "Too many failed authentications from this client address, or too many test sends "
-        "of this tenant at once; retry after Retry-After seconds.",
-    ),
-    503: ("Unavailable", "The database is unreachable or not migrated."),
-}
 
 _SECURITY: dict[Security, list[dict[str, list[str]]]] = {
     "tenant": [{"tenantKey": []}],
@@ -202,12 +188,11 @@ def _parameters(
     return params
 
 
-def _error_headers(status: int) -> dict[str, Any]:
-    header = {401: "WWW-Authenticate", 429: "Retry-After"}.get(status)
-    if header is None:
+def _error_headers(row: ErrorStatus) -> dict[str, Any]:
+    if row.header is None:
         return {}
-    text = "Bearer" if status == 401 else "Seconds to wait before retrying."
-    return {"headers": {header: {"description": text, "schema": {"type": "string"}}}}
+    header = {"description": row.header_description, "schema": {"type": "string"}}
+    return {"headers": {row.header: header}}
 
 
 def _responses(path: str, op: Operation, refs: Mapping[Any, Any]) -> dict[str, Any]:
@@ -236,7 +221,7 @@ def _responses(path: str, op: Operation, refs: Mapping[Any, Any]) -> dict[str, A
     if op.query is not None or op.idempotent:
         errors.add(422)
     for status in sorted(errors - set(op.responses)):
-        responses[str(status)] = {"$ref": f"#/components/responses/{_ERRORS[status][0]}"}
+        responses[str(status)] = {"$ref": f"#/components/responses/{by_status(status).name}"}
     return responses
 
 
@@ -299,12 +284,12 @@ def build_document(app: web.Application) -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "responses": {
-                name: {
-                    "description": text,
+                row.name: {
+                    "description": row.description,
                     "content": {"application/json": {"schema": error_ref}},
-                    **_error_headers(status),
+                    **_error_headers(row),
                 }
-                for status, (name, text) in _ERRORS.items()
+                for row in documented_errors()
             },
             "securitySchemes": {
                 "tenantKey": {

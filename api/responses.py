@@ -16,7 +16,6 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class BadRequest(DispatcherError):
-    status = 400
     type = "bad_request"
 
 

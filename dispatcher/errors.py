@@ -1,4 +1,8 @@
-"""One exception root, so callers (the API middleware, the CLI) map errors in one place."""
+"""One exception root, so callers (the API middleware, the CLI) map errors in one place.
+
+Each error says what went wrong in its ``type``; none knows about HTTP. The API's table
+(`api/errors.py`) turns types into statuses and headers.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,7 @@ from dataclasses import dataclass
 class DispatcherError(Exception):
     """Root of every error this package raises on purpose."""
 
-    status = 500
     type = "internal_error"
-
-    def headers(self) -> dict[str, str]:
-        """Response headers the error carries (``WWW-Authenticate``, ``Retry-After``)."""
-        return {}
 
 
 class ConfigError(DispatcherError):
@@ -26,8 +25,13 @@ class ConfigError(DispatcherError):
 class DatabaseNotMigrated(DispatcherError):
     """The schema is older than the code; `dispatcher migrate` fixes it."""
 
-    status = 503
     type = "not_migrated"
+
+
+class NotReady(DispatcherError):
+    """This process cannot serve yet: the database is unreachable or not migrated."""
+
+    type = "not_ready"
 
 
 class MigrationError(DispatcherError):
@@ -37,12 +41,10 @@ class MigrationError(DispatcherError):
 
 
 class NotFound(DispatcherError):
-    status = 404
     type = "not_found"
 
 
 class Conflict(DispatcherError):
-    status = 409
     type = "conflict"
 
 
@@ -52,25 +54,17 @@ class Forbidden(DispatcherError):
 
 
 class Unauthorized(DispatcherError):
-    status = 401
     type = "unauthorized"
-
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
 
 
 class TooManyRequests(DispatcherError):
     """A limit was reached; the caller may retry after ``retry_after`` seconds."""
 
-    status = 429
     type = "rate_limited"
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 @dataclass(frozen=True)
@@ -82,7 +76,6 @@ class FieldError:
 class ValidationFailed(DispatcherError):
     """Input refused; carries every problem, not just the first."""
 
-    status = 422
     type = "validation_error"
 
     def __init__(self, errors: Sequence[FieldError]) -> None:

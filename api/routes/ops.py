@@ -7,7 +7,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.context import pool
-from api.responses import error_response, json_response
+from api.responses import json_response
+from dispatcher.errors import NotReady
 from dispatcher.readiness import unready_reason
 
 routes = web.RouteTableDef()
@@ -22,7 +23,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     reason = await unready_reason(pool(request))
     if reason is not None:
-        return error_response(503, "not_ready", reason)
+        raise NotReady(reason)
     return json_response({"status": "ready"})
 
 
