@@ -49,7 +49,6 @@ class Conflict(DispatcherError):
 
 
 class Forbidden(DispatcherError):
-    status = 403
     type = "forbidden"
 
 
