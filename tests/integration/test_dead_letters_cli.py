@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from run import cli
+from run import cli, commands
 from tests.conftest import ENCRYPTION_KEY, TenantKeys
 
 MakeTenant = Callable[..., Awaitable[TenantKeys]]
@@ -43,8 +43,8 @@ async def dead_letters(
 
 
 def test_progress_bar_is_plain_text() -> None:
-    assert cli.progress_bar(500, 1000, width=10) == "\r[#####     ] 500/1000"
-    assert cli.progress_bar(0, 0, width=4) == "\r[####] 0/0"
+    assert commands.progress_bar(500, 1000, width=10) == "\r[#####     ] 500/1000"
+    assert commands.progress_bar(0, 0, width=4) == "\r[####] 0/0"
 
 
 @pytest.mark.usefixtures("cli_database")
