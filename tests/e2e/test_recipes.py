@@ -300,7 +300,9 @@ async def test_recipe_verifies_real_deliveries_and_refuses_forgeries(
     after = await service.transition("ml_r1", "queued")
     await found.saw(f"processed {after} mailing.queued")  # holding the NEW one, same overlap
 
-    delivery = await service.delivery(endpoint_id, after)
+    # The receiver has it; the worker may not have recorded the attempt yet (a retry of an
+    # attempt in flight is a 409): wait until it has.
+    delivery = await _settled(service, endpoint_id, after)
     await service.call("POST", f"/v1/deliveries/{delivery['id']}/retry")
     await found.saw(f"duplicate {after}")
     for event_id in (first, during, after):
