@@ -11,10 +11,12 @@ from api import auth, openapi
 from api.context import CLOCK, POOL, SERVICES, SETTINGS
 from api.errors import error_middleware
 from api.limits import ConcurrencyCap, body_deadline
+from api.portal import pages as portal_pages
 from api.routes import deliveries as delivery_routes
 from api.routes import events as event_routes
 from api.routes import ops, tenants_admin, webhooks
 from api.routes import platform as platform_routes
+from api.routes import portal_sessions as portal_session_routes
 from api.routes import test_send as test_send_routes
 from dispatcher.clock import Clock, SystemClock
 from dispatcher.settings import Settings
@@ -40,6 +42,8 @@ def create_app(
     app.add_routes(delivery_routes.routes)
     app.add_routes(event_routes.routes)
     app.add_routes(test_send_routes.routes)
+    app.add_routes(portal_session_routes.routes)
+    app.add_routes(portal_pages.routes)
     app.cleanup_ctx.append(test_send_routes.test_send_client)
     app[auth.THROTTLE] = auth.new_throttle(settings.auth_failures_per_minute)
     app[test_send_routes.CAP] = ConcurrencyCap(settings.test_send_concurrency, retry_after=1)

@@ -49,11 +49,32 @@ Rfc3339 = Annotated[
 
 
 class DeliveryListQuery(PageQuery):
-    """GET /v1/webhooks/{id}/deliveries: newest first, optionally one status."""
+    """GET /v1/webhooks/{id}/deliveries: newest first, filtered by status, type and time."""
 
     status: DeliveryStatus | None = Field(
         default=None, description="Only deliveries in this status."
     )
+    event_type: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Only deliveries of this event type.",
+        examples=["mailing.delivered"],
+    )
+    since: Rfc3339 | None = Field(
+        default=None, description="Only deliveries created at or after this time."
+    )
+    until: Rfc3339 | None = Field(
+        default=None, description="Only deliveries created before this time."
+    )
+
+    @field_validator("until")
+    @classmethod
+    def _after_since(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
+        since = info.data.get("since")
+        if until is not None and since is not None and until <= since:
+            raise ValueError("must be after since")
+        return until
 
 
 class AttemptObject(BaseModel):
@@ -119,6 +140,11 @@ class ReplayRequest(BaseModel):
         "pending ones that have failed at least once (they are sent now instead of after "
         "their backoff).",
     )
+    dry_run: bool = Field(
+        default=False,
+        strict=True,
+        description="Only count what would be re-queued (200 with `matching`); change nothing.",
+    )
 
     @field_validator("until")
     @classmethod
@@ -131,6 +157,12 @@ class ReplayRequest(BaseModel):
 
 class ReplayResult(BaseModel):
     replayed: int = Field(description="Deliveries re-queued, due now.")
+
+
+class ReplayPreview(BaseModel):
+    """The answer to a dry run: what the same replay would take now."""
+
+    matching: int = Field(description="Deliveries the replay would re-queue.")
 
 
 def attempt_object(attempt: Attempt) -> AttemptObject:

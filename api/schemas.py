@@ -281,6 +281,9 @@ class EndpointList(ListPage[EndpointObject]):
 class EventType(BaseModel):
     name: str = Field(examples=["mailing.delivered"])
     description: str
+    example: dict[str, Any] = Field(
+        description="A body of this type as endpoints receive it (illustrative values)."
+    )
 
 
 class EventTypeList(ListPage[EventType]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from dispatcher.ids import ApiKeyId, EndpointId, TenantId
 
@@ -71,7 +71,8 @@ class Principal:
 
     tenant_id: TenantId
     environment: Environment
-    key_id: ApiKeyId
+    key_id: ApiKeyId  # the API key's id, or the portal session's
+    via: Literal["api_key", "portal"] = "api_key"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     # during `dispatcher secrets rekey` (comma-separated); unset: a key kept in DATA_DIR
     encryption_key: SecretStr | None = None
     encryption_old_keys: SecretStr | None = None
+    # where browsers reach this API (portal links are built on it); unset: from the request
+    public_url: str | None = Field(
+        default=None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$", max_length=2000
+    )
+    # CSP frame-ancestors of the tenant portal: who may embed it in an iframe
+    portal_frame_ancestors: str = Field(
+        default="'none'", pattern=r"^[A-Za-z0-9 :/.*'_-]+$", max_length=2000
+    )
 
     allow_private_targets: bool = False
     require_https: bool = True

@@ -26,6 +26,7 @@ from api.delivery_schemas import (
     DeliveryList,
     DeliveryListQuery,
     DeliveryObject,
+    ReplayPreview,
     ReplayRequest,
     ReplayResult,
     delivery_object,
@@ -68,7 +69,14 @@ async def list_deliveries(request: web.Request) -> web.Response:
         endpoint = await _endpoint(conn, owner, request)
         before = await resolve_cursor(query, lambda c: store.cursor_of(conn, endpoint.id, c))
         rows = await store.list_for_endpoint(
-            conn, endpoint.id, limit=query.limit + 1, status=query.status, before=before
+            conn,
+            endpoint.id,
+            limit=query.limit + 1,
+            status=query.status,
+            before=before,
+            event_type=query.event_type,
+            since=query.since,
+            until=query.until,
         )
         page = slice_page(rows, query.limit, lambda d: format_delivery_id(d.id))
         attempts = await store.attempts_of(conn, [d.id for d in page.items])
@@ -86,16 +94,25 @@ async def list_deliveries(request: web.Request) -> web.Response:
     tag=TAG,
     body=ReplayRequest,
     body_required=False,
-    responses={202: ReplayResult},
+    responses={202: ReplayResult, 200: ReplayPreview},
     errors=(409,),
     idempotent=True,
     description="Matching deliveries are due now, with the same event id and body, attempt "
-    "numbers continuing, and a fresh retry window. 409 when the endpoint is disabled.",
+    "numbers continuing, and a fresh retry window. 409 when the endpoint is disabled. "
+    "With dry_run, 200 with how many would be re-queued, and nothing changes.",
 )
 async def replay_deliveries(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)
     spec = await parse_optional(request, ReplayRequest)
     now = clock(request).now()
+
+    if spec.dry_run:
+        async with pool(request).acquire() as conn:
+            endpoint = await _endpoint(conn, owner, request)
+            matching = await store.count_replayable(
+                conn, endpoint.id, scope=spec.status, since=spec.since, until=spec.until
+            )
+        return json_response(ReplayPreview(matching=matching).model_dump(mode="json"))
 
     async def write(conn: asyncpg.Connection) -> web.Response:
         endpoint = await _endpoint(conn, owner, request)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from api import auth
 from api.context import clock, pool, settings
+from api.examples import example_event
 from api.idempotency import idempotent, tenant_scope
 from api.openapi import operation
 from api.pagination import PageQuery, page_query, resolve_cursor, slice_page
@@ -270,5 +271,8 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
 )
 async def list_event_types(request: web.Request) -> web.Response:
     await auth.tenant(request)
-    catalog = [EventType.model_validate(entry) for entry in EVENT_TYPE_CATALOG]
+    catalog = [
+        EventType(name=e["name"], description=e["description"], example=example_event(e["name"]))
+        for e in EVENT_TYPE_CATALOG
+    ]
     return _show(EventTypeList(data=catalog, has_more=False))

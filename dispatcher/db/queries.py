@@ -114,6 +114,35 @@ UPDATE api_keys SET revoked_at = $3 WHERE id = $1 AND tenant_id = $2 AND revoked
 RETURNING id
 """
 
+# ---- portal sessions (the tenant portal's links and cookies) -------------------------------
+
+# $1 id, $2 tenant_id, $3 environment, $4 token_hash, $5 created_at, $6 expires_at
+INSERT_PORTAL_SESSION = """
+INSERT INTO portal_sessions (id, tenant_id, environment, token_hash, created_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+# $1 token_hash, $2 cookie_hash, $3 now -> the session, when its link was live and unused;
+# the link is spent by this exchange
+EXCHANGE_PORTAL_TOKEN = """
+UPDATE portal_sessions SET exchanged_at = $3, cookie_hash = $2
+WHERE token_hash = $1 AND exchanged_at IS NULL AND revoked_at IS NULL AND expires_at > $3
+RETURNING id, tenant_id, environment, expires_at, token_hash
+"""
+
+# $1 cookie_hash, $2 now -> the live session of a portal cookie
+AUTHENTICATE_PORTAL_COOKIE = """
+SELECT id, tenant_id, environment, expires_at, cookie_hash FROM portal_sessions
+WHERE cookie_hash = $1 AND revoked_at IS NULL AND expires_at > $2
+"""
+
+# $1 id, $2 now -> the id when a live session was revoked
+REVOKE_PORTAL_SESSION = """
+UPDATE portal_sessions SET revoked_at = $2
+WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2
+RETURNING id
+"""
+
 # ---- endpoints ----------------------------------------------------------------------------
 
 ENDPOINT_COLUMNS = """
@@ -614,7 +643,8 @@ FROM endpoints WHERE deleted_at IS NULL GROUP BY 1
 # retry window: replayed_at is the max-age origin, attempts_before_replay the backoff base.
 
 # $1 endpoint_id, $2 status (NULL for all), $3 cursor: deliveries older than this id (NULL for
-# the first page), $4 limit -> newest first
+# the first page), $4 limit, $5 event_type, $6 since, $7 until (each NULL: no filter; the time
+# range [since, until) is on the delivery's creation) -> newest first
 LIST_ENDPOINT_DELIVERIES = """
 SELECT d.id, d.event_id, ev.event_type, d.endpoint_id, d.status, d.attempts, d.next_attempt_at,
        d.created_at, d.completed_at, d.last_status_code, d.last_outcome, d.replayed_at
@@ -622,6 +652,9 @@ FROM deliveries d
 JOIN events ev ON ev.id = d.event_id
 WHERE d.endpoint_id = $1 AND ($2::text IS NULL OR d.status = $2)
   AND ($3::bigint IS NULL OR d.id < $3)
+  AND ($5::text IS NULL OR ev.event_type = $5)
+  AND ($6::timestamptz IS NULL OR d.created_at >= $6)
+  AND ($7::timestamptz IS NULL OR d.created_at < $7)
 ORDER BY d.id DESC
 LIMIT $4
 """
@@ -695,6 +728,17 @@ SET status = 'pending', next_attempt_at = $4, completed_at = NULL, replayed_at =
     attempts_before_replay = d.attempts
 WHERE d.endpoint_id = $1
   AND (d.status IN ('dead', 'cancelled') OR (d.status = 'pending' AND d.attempts > 0))
+  AND ($2::timestamptz IS NULL OR d.created_at >= $2)
+  AND ($3::timestamptz IS NULL OR d.created_at < $3)
+"""
+
+# $1 endpoint_id, $2 since (NULL: unbounded), $3 until (NULL: unbounded), $4 'dead' or
+# 'failed' -> how many deliveries the same replay would re-queue (its dry run)
+COUNT_REPLAYABLE_DELIVERIES = """
+SELECT count(*)::int FROM deliveries d
+WHERE d.endpoint_id = $1
+  AND (d.status = 'dead' OR ($4::text = 'failed'
+       AND (d.status = 'cancelled' OR (d.status = 'pending' AND d.attempts > 0))))
   AND ($2::timestamptz IS NULL OR d.created_at >= $2)
   AND ($3::timestamptz IS NULL OR d.created_at < $3)
 """

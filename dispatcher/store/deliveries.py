@@ -103,6 +103,9 @@ async def list_for_endpoint(
     limit: int,
     status: DeliveryStatus | None = None,
     before: DeliveryId | None = None,
+    event_type: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[Delivery]:
     """Newest first; `before` is the id of the last delivery of the previous page."""
     rows = await conn.fetch(
@@ -111,6 +114,9 @@ async def list_for_endpoint(
         status.value if status else None,
         before,
         limit,
+        event_type,
+        since,
+        until,
     )
     return [Delivery.from_row(r) for r in rows]
 
@@ -174,6 +180,21 @@ async def replay_endpoint(
         if count:
             await conn.execute(q.NOTIFY_DELIVERIES)
     return count
+
+
+async def count_replayable(
+    conn: asyncpg.Connection,
+    endpoint_id: str,
+    *,
+    scope: ReplayScope,
+    since: datetime | None,
+    until: datetime | None,
+) -> int:
+    """What `replay_endpoint` with the same arguments would re-queue now (its dry run)."""
+    found: int = await conn.fetchval(
+        q.COUNT_REPLAYABLE_DELIVERIES, endpoint_id, since, until, scope.value
+    )
+    return found
 
 
 async def retry_delivery(

@@ -345,3 +345,70 @@ async def test_other_tenants_and_environments_get_404_everywhere(
     assert len(world.receiver.at("/dead")) == 1
     response = await api.get(log_path(endpoint))
     assert response.status == 401
+
+
+# ---- filters by event type and time, replay dry run (the portal's log and replay) ------------
+
+
+async def test_event_type_and_time_range_filters(world: Any, api: Client, acme: TenantKeys) -> None:
+    endpoint = await world.endpoint(acme, "/filtered")
+    await world.emit(acme, "ml_1", "created")
+    world.clock.advance(3600)
+    middle = world.clock.now()
+    await world.emit(acme, "ml_2", "created")
+    await world.emit(acme, "ml_1", "paid")
+    world.clock.advance(3600)
+    late = world.clock.now()
+    await world.emit(acme, "ml_2", "paid")
+    ids = [f"dlv_{i}" for i in await world.delivery_ids(endpoint)]
+
+    def shown(page: Any) -> list[str]:
+        return [d["id"] for d in page["data"]]
+
+    paid = await get_json(api, log_path(endpoint, "?event_type=mailing.paid"), acme)
+    assert shown(paid) == [ids[3], ids[2]]
+    since = middle.isoformat().replace("+00:00", "Z")
+    until = late.isoformat().replace("+00:00", "Z")
+    window = await get_json(api, log_path(endpoint, f"?since={since}&until={until}"), acme)
+    assert shown(window) == [ids[2], ids[1]]
+    both = await get_json(
+        api, log_path(endpoint, f"?event_type=mailing.created&since={since}"), acme
+    )
+    assert shown(both) == [ids[1]]
+    paged = await get_json(api, log_path(endpoint, f"?since={since}&limit=1"), acme)
+    assert shown(paged) == [ids[3]] and paged["has_more"]
+    rest = await get_json(
+        api, log_path(endpoint, f"?since={since}&limit=5&starting_after={ids[3]}"), acme
+    )
+    assert shown(rest) == [ids[2], ids[1]]
+    backwards = await api.get(
+        log_path(endpoint, f"?since={until}&until={since}"), headers=acme.headers()
+    )
+    assert backwards.status == 422
+    assert (await backwards.json())["error"]["errors"][0]["field"] == "until"
+
+
+async def test_replay_dry_run_counts_and_changes_nothing(
+    world: Any, api: Client, acme: TenantKeys
+) -> None:
+    endpoint = await dead_delivery(world, acme)
+    path = f"/v1/webhooks/{endpoint.id}/replay"
+    preview = await post_json(api, path, acme, {"dry_run": True}, status=200)
+    assert preview == {"matching": 1}
+    assert await world.statuses(endpoint) == ["dead"]
+    future = (world.clock.now() + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    empty = await post_json(api, path, acme, {"dry_run": True, "since": future}, status=200)
+    assert empty == {"matching": 0}
+    assert await post_json(api, path, acme, {}) == {"replayed": 1}
+    assert await post_json(api, path, acme, {"dry_run": True}, status=200) == {"matching": 0}
+
+
+async def test_the_catalog_shows_an_example_body_per_type(api: Client, acme: TenantKeys) -> None:
+    catalog = (await get_json(api, "/v1/event-types", acme))["data"]
+    assert len(catalog) == 10
+    for entry in catalog:
+        example = entry["example"]
+        assert example["event_type"] == entry["name"]
+        assert set(example) == {"data", "event_id", "event_type", "occurred_at"}
+    delivered = next(e for e in catalog if e["name"] == "mailing.delivered")["example"]
+    assert delivered["data"]["status"] == "delivered"

@@ -186,6 +186,10 @@ async def test_every_route_declares_who_may_call_it(client: Client) -> None:
             assert security == "tenant", f"{route.method} {route.path} is {security}"
         elif route.path.startswith("/internal/"):
             assert security == "platform", f"{route.method} {route.path} is {security}"
+        elif route.path.startswith("/portal"):
+            # the page and its assets, and the link-token exchange (its own credential);
+            # the portal's data comes through the tenant routes above
+            assert security == "public", f"{route.method} {route.path} is {security}"
         else:
             assert route.path in PUBLIC and security == "public", route.path
 

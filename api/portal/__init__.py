@@ -1,0 +1,1 @@
+"""The tenant portal: one static page (vanilla JS, no CDN) over the tenant API."""
