@@ -17,6 +17,7 @@ HINTS = {
     "kubernetes-validate": "pip install kubernetes-validate",
     "node": "apt-get install nodejs",
     "php": "apt-get install php-cli",
+    "chromium": "apt-get install chromium",
 }
 
 

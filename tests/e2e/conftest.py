@@ -17,6 +17,7 @@ import pytest
 from dispatcher.models import Environment, Principal
 from dispatcher.store import endpoints as endpoint_store
 from tests.conftest import ENCRYPTION_KEY
+from tests.e2e.portal_support import portal, portal_browser, portal_server  # noqa: F401
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

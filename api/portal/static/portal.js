@@ -6,6 +6,7 @@
 (function () {
   const state = {
     session: null,
+    over: false,
     catalog: null,
     view: "endpoints",
   };
@@ -71,11 +72,12 @@
   function announce(text, kind) {
     const box = $("status");
     box.replaceChildren();
-    if (text) box.append(el("div", { class: kind === "error" ? "error-box" : "success-box" }, text));
+    if (text && !state.over) box.append(el("div", { class: kind === "error" ? "error-box" : "success-box" }, text));
   }
 
   function show(...nodes) {
-    $("view").replaceChildren(...nodes);
+    if (state.over) return; // the session ended: that message stays
+    $("view").replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
   }
 
   // ---- the API -----------------------------------------------------------------------------
@@ -146,10 +148,11 @@
 
   function ended() {
     state.session = null;
+    state.over = true;
     $("who").hidden = true;
     $("tabs").hidden = true;
     announce("");
-    show(
+    $("view").replaceChildren(
       el(
         "div",
         { class: "card", role: "alert" },
@@ -425,7 +428,10 @@
         "div",
         { class: "card meta" },
         `Events: ${ep.events.join(", ")} · Created ${when(ep.created_at)} · Id `,
-        el("code", {}, ep.id)
+        el("code", {}, ep.id),
+        Object.keys(ep.metadata || {}).length
+          ? el("div", {}, "Metadata: ", el("code", { class: "metadata" }, JSON.stringify(ep.metadata)))
+          : null
       ),
       logBox,
       el("div", { class: "grid2" }, testPanel(ep, catalog), replayPanel(ep)),
@@ -642,7 +648,7 @@
             `${Math.round(a.duration_ms)} ms`,
             a.error_class ? el("span", {}, " · ", badge(a.error_class, "failed")) : null
           ),
-          a.error ? el("div", { class: "meta" }, a.error) : null,
+          a.error && a.error !== `HTTP ${a.status_code}` ? el("div", { class: "meta" }, a.error) : null,
           a.response_body ? el("pre", { class: "response", "aria-label": "Response body (first 1 KiB)" }, a.response_body) : null
         )
       )
@@ -910,4 +916,8 @@
   }
 
   document.addEventListener("DOMContentLoaded", start);
+  // a new link opened in a tab already on the portal changes only the fragment: start over
+  window.addEventListener("hashchange", () => {
+    if (/(?:^#|&)token=/.test(window.location.hash)) window.location.reload();
+  });
 })();
