@@ -6,7 +6,7 @@ the test's time. One browser per module, a fresh context (cookies, history) per 
 Every page records its requests, console errors, script errors and dialogs, so a test can
 assert that nothing ran that should not have and nothing left the origin.
 
-Screenshots go to DISPATCHER_PORTAL_SCREENSHOTS (docs/portal to refresh README's images),
+Screenshots go to PORTAL_SCREENSHOTS (docs/portal to refresh README's images),
 else to the test's temporary directory.
 """
 
@@ -169,7 +169,7 @@ async def portal(portal_browser: Browser, portal_server: Server) -> AsyncIterato
 
 
 def screenshot_dir(tmp_path: Path) -> Path:
-    configured = os.environ.get("DISPATCHER_PORTAL_SCREENSHOTS")
+    configured = os.environ.get("PORTAL_SCREENSHOTS")
     target = Path(configured) if configured else tmp_path / "screenshots"
     target.mkdir(parents=True, exist_ok=True)
     return target
