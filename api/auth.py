@@ -63,7 +63,8 @@ def _route(request: web.Request) -> str:
 
 
 class CsrfRefused(DispatcherError):
-    status = 403
+    """A portal-session write without its CSRF token (403, by the error table)."""
+
     type = "csrf_failed"
 
 

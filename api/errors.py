@@ -47,9 +47,9 @@ ERRORS: Final[tuple[ErrorStatus, ...]] = (
     ErrorStatus(
         403,
         "Forbidden",
-        "The credentials are valid but may not do this.",
+        "The credentials are valid but may not do this: a suspended tenant's key or portal "
+        "session, or a write by a portal session without its X-CSRF-Token header.",
         ("forbidden", "csrf_failed"),
-        documented=False,
     ),
     ErrorStatus(404, "NotFound", "No such object for this tenant and environment.", ("not_found",)),
     ErrorStatus(

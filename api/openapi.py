@@ -195,7 +195,9 @@ def _error_headers(row: ErrorStatus) -> dict[str, Any]:
     return {"headers": {row.header: header}}
 
 
-def _responses(path: str, op: Operation, refs: Mapping[Any, Any]) -> dict[str, Any]:
+def _responses(
+    path: str, op: Operation, refs: Mapping[Any, Any], method: str = "GET"
+) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, body in op.responses.items():
         response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
@@ -214,6 +216,8 @@ def _responses(path: str, op: Operation, refs: Mapping[Any, Any]) -> dict[str, A
     errors = set(op.errors)
     if op.security != "public":
         errors.update((401, 429))
+    if op.security == "tenant" and method not in ("GET", "HEAD", "OPTIONS"):
+        errors.add(403)  # the portal's cookie without its CSRF token
     if "{" in path:
         errors.add(404)
     if op.body is not None:
@@ -246,7 +250,7 @@ def _operation_object(
             "required": op.body_required,
             "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
         }
-    obj["responses"] = _responses(route.path, op, refs)
+    obj["responses"] = _responses(route.path, op, refs, route.method)
     return obj
 
 

@@ -155,6 +155,7 @@ def _max_age(expires_at: datetime, now: datetime) -> int:
     security="public",
     body=PortalExchange,
     responses={200: PortalSessionInfo},
+    errors=(401,),
     description="Called by the portal page with the token from its URL fragment. A token "
     "works once, until it expires or is revoked; an API key is never a portal token. Sets "
     "an HttpOnly, SameSite=Strict cookie (Secure over https) that authenticates the tenant "
@@ -188,6 +189,7 @@ async def exchange_token(request: web.Request) -> web.Response:
     tag=TAG,
     security="public",
     responses={200: PortalSessionInfo},
+    errors=(401,),
     description="Authenticated by the portal cookie: who the page acts for and its CSRF token.",
 )
 async def session_info(request: web.Request) -> web.Response:
@@ -203,6 +205,7 @@ async def session_info(request: web.Request) -> web.Response:
     tag=TAG,
     security="public",
     responses={204: None},
+    errors=(401, 403),
     description="Revokes this browser's portal session (X-CSRF-Token required).",
 )
 async def sign_out(request: web.Request) -> web.Response:

@@ -106,12 +106,11 @@ async def replay_deliveries(request: web.Request) -> web.Response:
     spec = await parse_optional(request, ReplayRequest)
     now = clock(request).now()
 
-    if spec.dry_run:
-        async with pool(request).acquire() as conn:
-            endpoint = await _endpoint(conn, owner, request)
-            matching = await store.count_replayable(
-                conn, endpoint.id, scope=spec.status, since=spec.since, until=spec.until
-            )
+    async def count(conn: asyncpg.Connection) -> web.Response:
+        endpoint = await _endpoint(conn, owner, request)
+        matching = await store.count_replayable(
+            conn, endpoint.id, scope=spec.status, since=spec.since, until=spec.until
+        )
         return json_response(ReplayPreview(matching=matching).model_dump(mode="json"))
 
     async def write(conn: asyncpg.Connection) -> web.Response:
@@ -123,7 +122,7 @@ async def replay_deliveries(request: web.Request) -> web.Response:
         )
         return json_response(ReplayResult(replayed=count).model_dump(mode="json"), status=202)
 
-    return await idempotent(request, tenant_scope(owner), write)
+    return await idempotent(request, tenant_scope(owner), count if spec.dry_run else write)
 
 
 @routes.post("/v1/deliveries/{id}/retry")
