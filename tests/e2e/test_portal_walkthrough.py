@@ -193,3 +193,45 @@ async def test_a_tenant_does_every_task_from_a_portal_link(
     (cookie,) = [c["value"] for c in await portal.context.cookies() if "portal" in c["name"]]
     log = server.output()
     assert log and token not in log and cookie not in log
+
+
+@pytest.mark.timeout(90)
+async def test_an_ed25519_endpoint_shows_its_public_key_and_matching_code(
+    portal: Watched, portal_server: Server, pool: asyncpg.Pool, receiver: Any, tmp_path: Path
+) -> None:
+    page = portal.page
+    tenant_id = await new_tenant(pool, "ACME Keys")
+    await open_portal(portal, (await portal_link(portal_server, tenant_id))["url"])
+    await page.get_by_role("button", name="Add endpoint").click()
+    await page.get_by_label("Endpoint URL").fill(receiver.url("/signed"))
+    await page.get_by_label("Signing").select_option("ed25519")
+    await page.get_by_role("button", name="Create endpoint").click()
+    public_key = await page.locator("#public-key").text_content()
+    assert public_key is not None and public_key.startswith("whpk_")
+    await page.get_by_role("button", name="I have stored it").click()
+    assert await page.locator("code.public-key").text_content() == public_key
+
+    await emit(portal_server, tenant_id, "ml_ed", "created")
+    await receiver.wait_for(1, "/signed")
+    (delivered,) = receiver.at("/signed")
+    assert delivered.headers["webhook-signature"].startswith("v1a,")
+    python_code = await page.locator("#verify-code").text_content()
+    assert python_code is not None and public_key in python_code
+    assert await verifies_with_python(python_code, "", delivered.headers, delivered.body)
+    assert not await verifies_with_python(python_code, "", delivered.headers, b"{}")
+    await page.get_by_role("tab", name="Node").click()
+    node_code = await page.locator("#verify-code").text_content()
+    assert node_code is not None
+    assert await verifies_with_node(node_code, "", delivered.headers, delivered.body, tmp_path)
+    assert not await verifies_with_node(node_code, "", delivered.headers, b"{}", tmp_path)
+
+    # rotation shows the new public key, and the page's code follows it
+    await page.get_by_role("button", name="Rotate secret").click()
+    await page.get_by_role("button", name="Rotate", exact=True).click()
+    await page.get_by_role("heading", name="New public key").wait_for()
+    rotated = await page.locator("#public-key").text_content()
+    assert rotated is not None and rotated != public_key
+    await page.get_by_role("button", name="I have stored it").click()
+    await page.locator("code.public-key", has_text=rotated).wait_for()
+    assert rotated in (await page.locator("#verify-code").text_content() or "")
+    portal.assert_clean()

@@ -288,6 +288,14 @@
       return { box, node: el("label", { class: "inline" }, box, t.name === "*" ? "All events (*)" : t.name) };
     });
     const enabled = el("input", { type: "checkbox", name: "enabled", checked: editing ? endpoint.enabled : true });
+    const signing = editing
+      ? null
+      : el(
+          "select",
+          { name: "signing" },
+          el("option", { value: "hmac" }, "HMAC-SHA256 with a shared secret"),
+          el("option", { value: "ed25519" }, "Ed25519 (Standard Webhooks v1a) with a public key")
+        );
     const problems = el("div");
     const submit = el("button", { type: "submit", class: "primary" }, editing ? "Save changes" : "Create endpoint");
     const cancel = el("button", { type: "button", onclick: () => (editing ? go(renderEndpoint, endpoint.id) : go(renderEndpoints)) }, "Cancel");
@@ -298,6 +306,7 @@
       field("Endpoint URL", url, "Where we POST your events, e.g. https://example.com/webhooks."),
       field("Description", description, "Optional; for you only."),
       el("fieldset", {}, el("legend", {}, "Events to send"), el("div", { class: "checks" }, boxes.map((b) => b.node))),
+      signing ? field("Signing", signing, "How deliveries are signed; fixed once created.") : null,
       el("div", { class: "field" }, el("label", { class: "inline" }, enabled, "Enabled (receives events)")),
       el("div", { class: "row" }, submit, cancel)
     );
@@ -311,6 +320,7 @@
       };
       if (!editing || url.value !== endpoint.url) body.url = url.value.trim();
       if (!editing && body.description === null) delete body.description;
+      if (signing) body.signing = signing.value;
       submit.disabled = true;
       problems.replaceChildren();
       try {
@@ -321,7 +331,7 @@
         } else {
           const created = await api("POST", "/v1/webhooks", body);
           await renderEndpoint(created.id);
-          showSecret("Endpoint created", created.secret);
+          showCredential("Endpoint created", created);
         }
       } catch (e) {
         problems.append(errorBox(e));
@@ -356,8 +366,11 @@
     return answer === "yes";
   }
 
-  function showSecret(title, secret) {
-    const code = el("code", { id: "new-secret" }, secret);
+  /** The secret of an hmac endpoint (shown once), or the public key of an ed25519 one. */
+  function showCredential(title, answer) {
+    const secret = answer.secret || answer.public_key;
+    const isKey = !answer.secret;
+    const code = el("code", { id: isKey ? "public-key" : "new-secret" }, secret);
     const copied = el("span", { class: "meta", role: "status" });
     const copy = el(
       "button",
@@ -376,15 +389,14 @@
           }
         },
       },
-      "Copy secret"
+      isKey ? "Copy public key" : "Copy secret"
     );
+    const text = isKey
+      ? "This endpoint signs with an ed25519 key of ours. Your receiver verifies with this public key (it is not a secret; the endpoint page shows it again)."
+      : "This is the endpoint's signing secret. It is shown only now: store it in your receiver's configuration.";
     return dialog(
       title,
-      [
-        el("p", {}, "This is the endpoint's signing secret. It is shown only now: store it in your receiver's configuration."),
-        el("div", { class: "secret" }, code, copy),
-        copied,
-      ],
+      [el("p", {}, text), el("div", { class: "secret" }, code, copy), copied],
       [el("button", { value: "done", class: "primary" }, "I have stored it")]
     );
   }
@@ -429,6 +441,12 @@
         { class: "card meta" },
         `Events: ${ep.events.join(", ")} · Created ${when(ep.created_at)} · Id `,
         el("code", {}, ep.id),
+        el(
+          "div",
+          {},
+          `Signing: ${ep.signing === "ed25519" ? "Ed25519 (webhook-signature v1a)" : "HMAC-SHA256"}`,
+          ep.public_key ? el("span", {}, " · Public key ", el("code", { class: "public-key" }, ep.public_key)) : null
+        ),
         Object.keys(ep.metadata || {}).length
           ? el("div", {}, "Metadata: ", el("code", { class: "metadata" }, JSON.stringify(ep.metadata)))
           : null
@@ -454,13 +472,16 @@
   async function rotate(ep) {
     const ok = await confirmAction(
       "Rotate the signing secret?",
-      "A new secret is made now. The old one keeps signing alongside it for 24 hours, so you can update your receiver without losing events.",
+      ep.signing === "ed25519"
+        ? "A new key pair is made now. The old key keeps signing alongside it for 24 hours, so you can update your receiver's public key without losing events."
+        : "A new secret is made now. The old one keeps signing alongside it for 24 hours, so you can update your receiver without losing events.",
       "Rotate"
     );
     if (!ok) return;
     try {
       const answer = await api("POST", `/v1/webhooks/${enc(ep.id)}/rotate-secret`, {});
-      await showSecret("New signing secret", answer.secret);
+      await showCredential(answer.secret ? "New signing secret" : "New public key", answer);
+      await renderEndpoint(ep.id);
       announce("Secret rotated.");
     } catch (e) {
       announce(e.message, "error");
@@ -802,9 +823,76 @@
     ].join("\n");
   }
 
+  function pythonEd25519Snippet(publicKey) {
+    return [
+      "import base64",
+      "import time",
+      "",
+      "from cryptography.exceptions import InvalidSignature  # pip install cryptography",
+      "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey",
+      "",
+      `PUBLIC_KEY = ${JSON.stringify(publicKey)}  # not a secret`,
+      "TOLERANCE_SECONDS = 300",
+      'KEY = Ed25519PublicKey.from_public_bytes(base64.b64decode(PUBLIC_KEY.removeprefix("whpk_")))',
+      "",
+      "",
+      "def verify(headers, body: bytes) -> bool:",
+      '    """headers: the request headers; body: the raw request body, before any parsing."""',
+      '    msg_id = headers.get("webhook-id", "")',
+      '    timestamp = headers.get("webhook-timestamp", "")',
+      "    if not msg_id or not timestamp.isdigit():",
+      "        return False",
+      "    if abs(time.time() - int(timestamp)) > TOLERANCE_SECONDS:",
+      "        return False  # too old: a replayed request",
+      '    signed = f"{msg_id}.{timestamp}.".encode() + body',
+      '    for entry in headers.get("webhook-signature", "").split(" "):  # one per active key',
+      '        version, _, signature = entry.partition(",")',
+      '        if version == "v1a":',
+      "            try:",
+      "                KEY.verify(base64.b64decode(signature), signed)",
+      "                return True",
+      "            except (InvalidSignature, ValueError):",
+      "                continue",
+      "    return False",
+      "",
+    ].join("\n");
+  }
+
+  function nodeEd25519Snippet(publicKey) {
+    return [
+      'const crypto = require("node:crypto");',
+      "",
+      `const PUBLIC_KEY = ${JSON.stringify(publicKey)}; // not a secret`,
+      "const TOLERANCE_SECONDS = 300;",
+      "const KEY = crypto.createPublicKey({",
+      "  format: \"jwk\",",
+      '  key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(PUBLIC_KEY.slice(5), "base64").toString("base64url") },',
+      "});",
+      "",
+      "// headers: req.headers; rawBody: the request body as a Buffer, before any JSON parsing",
+      "function verify(headers, rawBody) {",
+      '  const id = headers["webhook-id"];',
+      '  const timestamp = headers["webhook-timestamp"];',
+      '  if (!id || !/^\\d+$/.test(timestamp || "")) return false;',
+      "  if (Math.abs(Date.now() / 1000 - Number(timestamp)) > TOLERANCE_SECONDS) return false;",
+      "  const signed = Buffer.concat([Buffer.from(`${id}.${timestamp}.`), rawBody]);",
+      '  return String(headers["webhook-signature"] || "").split(" ").some((entry) => {',
+      '    const [version, signature] = entry.split(",");',
+      '    return version === "v1a" && crypto.verify(null, signed, KEY, Buffer.from(signature || "", "base64"));',
+      "  });",
+      "}",
+      "",
+      "module.exports = { verify };",
+      "",
+    ].join("\n");
+  }
+
   function verifyPanel(ep) {
     const header = state.session.signature_header;
-    const snippets = { Python: pythonSnippet(header), Node: nodeSnippet(header) };
+    const ed25519 = ep.signing === "ed25519";
+    const snippets = ed25519
+      ? { Python: pythonEd25519Snippet(ep.public_key), Node: nodeEd25519Snippet(ep.public_key) }
+      : { Python: pythonSnippet(header), Node: nodeSnippet(header) };
     const code = el("pre", { id: "verify-code", tabindex: "0", "aria-label": "Verification code" });
     const copied = el("span", { class: "meta", role: "status" });
     const tabs = el("div", { class: "tablist", role: "tablist", "aria-label": "Language" });
@@ -834,8 +922,13 @@
       },
       "Copy code"
     );
-    const headers = [header, "X-Event-Id", "X-Event-Type", "X-Delivery-Attempt", "X-Signature"];
-    if (ep.standard_webhooks) headers.push("webhook-id", "webhook-timestamp", "webhook-signature");
+    const headers = ed25519
+      ? ["webhook-id", "webhook-timestamp", "webhook-signature", "X-Event-Id", "X-Event-Type", "X-Delivery-Attempt"]
+      : [header, "X-Event-Id", "X-Event-Type", "X-Delivery-Attempt", "X-Signature"];
+    if (ep.standard_webhooks && !ed25519) headers.push("webhook-id", "webhook-timestamp", "webhook-signature");
+    const scheme = ed25519
+      ? "Every delivery carries webhook-signature: v1a,<base64 ed25519 signature of \"id.timestamp.body\">, verified with the endpoint's public key. "
+      : `Every delivery carries ${header}: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body" keyed by your secret>. `;
     return el(
       "section",
       { class: "card", "aria-labelledby": "verify-title" },
@@ -843,8 +936,8 @@
       el(
         "p",
         { class: "meta" },
-        `Every delivery carries ${header}: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body" keyed by your secret>. ` +
-          "During a secret rotation it has one v1 per active secret. Headers sent: " +
+        scheme +
+          "During a rotation it has one signature per active secret or key. Headers sent: " +
           headers.join(", ") +
           "."
       ),
