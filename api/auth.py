@@ -144,9 +144,8 @@ async def tenant(request: web.Request) -> Principal:
     if cookie is not None:
         session = await portal_session(request, cookie)
         check_csrf(request, cookie)
-        principal = session.principal()
-        request[PRINCIPAL] = principal
-        return principal
+        request[PRINCIPAL] = session.principal()
+        return request[PRINCIPAL]
     token = _bearer(request)
     if len(token) > 200 or not token.isascii():
         raise refused(request, "invalid API key", None)

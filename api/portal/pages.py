@@ -22,7 +22,6 @@ from api.context import clock, pool, settings
 from api.openapi import Raw, operation
 from api.portal.schemas import PortalExchange, PortalSessionInfo
 from api.responses import json_response, parse
-from dispatcher.errors import Unauthorized
 from dispatcher.store import portal_sessions
 
 routes = web.RouteTableDef()
@@ -155,19 +154,20 @@ def _max_age(expires_at: datetime, now: datetime) -> int:
     security="public",
     body=PortalExchange,
     responses={200: PortalSessionInfo},
-    errors=(401,),
+    errors=(401, 429),
     description="Called by the portal page with the token from its URL fragment. A token "
     "works once, until it expires or is revoked; an API key is never a portal token. Sets "
     "an HttpOnly, SameSite=Strict cookie (Secure over https) that authenticates the tenant "
     "API for this tenant and environment.",
 )
 async def exchange_token(request: web.Request) -> web.Response:
+    auth.check_throttle(request)  # a guessed token is a failed authentication like any other
     spec = await parse(request, PortalExchange)
     now = clock(request).now()
     async with pool(request).acquire() as conn:
         found = await portal_sessions.exchange(conn, spec.token, now)
     if found is None:
-        raise Unauthorized("this portal link has expired, was revoked or was already used")
+        raise auth.refused(request, "this portal link has expired, was revoked or was already used")
     session, cookie = found
     response = _info(request, session, cookie)
     secure = _is_https(request)
@@ -189,13 +189,14 @@ async def exchange_token(request: web.Request) -> web.Response:
     tag=TAG,
     security="public",
     responses={200: PortalSessionInfo},
-    errors=(401,),
+    errors=(401, 429),
     description="Authenticated by the portal cookie: who the page acts for and its CSRF token.",
 )
 async def session_info(request: web.Request) -> web.Response:
+    auth.check_throttle(request)
     cookie = auth.portal_cookie(request)
     if cookie is None:
-        raise Unauthorized("no portal session; open a portal link")
+        raise auth.refused(request, "no portal session; open a portal link")
     return _info(request, await auth.portal_session(request, cookie), cookie)
 
 
@@ -205,13 +206,14 @@ async def session_info(request: web.Request) -> web.Response:
     tag=TAG,
     security="public",
     responses={204: None},
-    errors=(401, 403),
+    errors=(401, 403, 429),
     description="Revokes this browser's portal session (X-CSRF-Token required).",
 )
 async def sign_out(request: web.Request) -> web.Response:
+    auth.check_throttle(request)
     cookie = auth.portal_cookie(request)
     if cookie is None:
-        raise Unauthorized("no portal session")
+        raise auth.refused(request, "no portal session")
     session = await auth.portal_session(request, cookie)
     auth.check_csrf(request, cookie)
     async with pool(request).acquire() as conn:

@@ -33,7 +33,7 @@ from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
 from tests.tooling import free_port, in_ci, require_tool
 
-PLATFORM_TOKEN = "portal-e2e-platform-token"
+PLATFORM_TOKEN = "portal-e2e-platform-token-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[2]
 
 if TYPE_CHECKING:
