@@ -249,3 +249,16 @@ async def test_the_page_is_served_with_a_strict_policy(
         response = await client.get("/portal/")
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
         assert response.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_guessed_tokens_and_cookies_are_throttled_like_keys(
+    pool: asyncpg.Pool, clock: FakeClock
+) -> None:
+    settings = make_settings(auth_failures_per_minute=3)
+    async with TestClient(TestServer(create_app(settings, pool, clock=clock))) as client:
+        for n in range(3):
+            guess = await client.post("/portal/session", json={"token": f"pst_guess{n}"})
+            assert guess.status == 401
+        throttled = await client.get("/v1/webhooks", headers=as_portal("psc_guess"))
+        assert throttled.status == 429 and "Retry-After" in throttled.headers
+        assert (await client.post("/portal/session", json={"token": "pst_x"})).status == 429
