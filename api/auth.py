@@ -144,6 +144,8 @@ async def tenant(request: web.Request) -> Principal:
     if cookie is not None:
         session = await portal_session(request, cookie)
         check_csrf(request, cookie)
+        if session.suspended:
+            raise Forbidden("the tenant is suspended; its keys are refused until it is resumed")
         request[PRINCIPAL] = session.principal()
         return request[PRINCIPAL]
     token = _bearer(request)

@@ -122,18 +122,26 @@ INSERT INTO portal_sessions (id, tenant_id, environment, token_hash, created_at,
 VALUES ($1, $2, $3, $4, $5, $6)
 """
 
-# $1 token_hash, $2 cookie_hash, $3 now -> the session, when its link was live and unused;
-# the link is spent by this exchange
+# $1 token_hash, $2 cookie_hash, $3 now -> the session, when its link was live and unused
+# and its tenant is not being deleted; the link is spent by this exchange
 EXCHANGE_PORTAL_TOKEN = """
-UPDATE portal_sessions SET exchanged_at = $3, cookie_hash = $2
-WHERE token_hash = $1 AND exchanged_at IS NULL AND revoked_at IS NULL AND expires_at > $3
-RETURNING id, tenant_id, environment, expires_at, token_hash
+UPDATE portal_sessions s SET exchanged_at = $3, cookie_hash = $2
+FROM tenants t
+WHERE s.token_hash = $1 AND s.exchanged_at IS NULL AND s.revoked_at IS NULL
+  AND s.expires_at > $3 AND t.id = s.tenant_id AND t.deleted_at IS NULL
+RETURNING s.id, s.tenant_id, s.environment, s.expires_at, s.token_hash,
+          t.suspended_at IS NOT NULL AS suspended
 """
 
-# $1 cookie_hash, $2 now -> the live session of a portal cookie
+# $1 cookie_hash, $2 now -> the live session of a portal cookie, unless its tenant is being
+# deleted, and whether the tenant is suspended
 AUTHENTICATE_PORTAL_COOKIE = """
-SELECT id, tenant_id, environment, expires_at, cookie_hash FROM portal_sessions
-WHERE cookie_hash = $1 AND revoked_at IS NULL AND expires_at > $2
+SELECT s.id, s.tenant_id, s.environment, s.expires_at, s.cookie_hash,
+       t.suspended_at IS NOT NULL AS suspended
+FROM portal_sessions s
+JOIN tenants t ON t.id = s.tenant_id
+WHERE s.cookie_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2
+  AND t.deleted_at IS NULL
 """
 
 # $1 id, $2 now -> the id when a live session was revoked

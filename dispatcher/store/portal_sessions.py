@@ -41,6 +41,7 @@ class PortalSession:
     tenant_id: TenantId
     environment: Environment
     expires_at: datetime
+    suspended: bool  # the tenant's: its API answers 403, as for its keys
 
     def principal(self) -> Principal:
         return Principal(self.tenant_id, self.environment, ApiKeyId(self.id), via="portal")
@@ -79,7 +80,11 @@ async def create(
 
 def _session(row: asyncpg.Record) -> PortalSession:
     return PortalSession(
-        row["id"], TenantId(row["tenant_id"]), Environment(row["environment"]), row["expires_at"]
+        row["id"],
+        TenantId(row["tenant_id"]),
+        Environment(row["environment"]),
+        row["expires_at"],
+        row["suspended"],
     )
 
 

@@ -31,6 +31,7 @@ from dispatcher.ids import ApiKeyId, TenantId
 from dispatcher.models import Environment, Principal
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
+from tests.conftest import ENCRYPTION_KEY
 from tests.tooling import free_port, in_ci, require_tool
 
 PLATFORM_TOKEN = "portal-e2e-platform-token-0123456789abcdef"
@@ -61,6 +62,7 @@ async def portal_server(
         DISPATCHER_PORT=str(port),
         DISPATCHER_METRICS_PORT="0",
         DISPATCHER_PLATFORM_TOKEN=PLATFORM_TOKEN,
+        DISPATCHER_ENCRYPTION_KEY=ENCRYPTION_KEY,  # the key the tests' own writes seal with
         DISPATCHER_ALLOW_PRIVATE_TARGETS="true",
         DISPATCHER_LOG_FORMAT="json",
         # a failing receiver is dead-lettered within seconds; the breaker stays out of the way

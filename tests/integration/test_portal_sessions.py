@@ -262,3 +262,21 @@ async def test_guessed_tokens_and_cookies_are_throttled_like_keys(
         throttled = await client.get("/v1/webhooks", headers=as_portal("psc_guess"))
         assert throttled.status == 429 and "Retry-After" in throttled.headers
         assert (await client.post("/portal/session", json={"token": "pst_x"})).status == 429
+
+
+async def test_a_suspended_tenant_is_refused_and_a_deleted_one_signed_out(
+    client: Client, make_tenant: Any
+) -> None:
+    acme: TenantKeys = await make_tenant()
+    cookie, _ = await exchange(client, token_of(await new_link(client, acme.tenant_id)))
+    unopened = await new_link(client, acme.tenant_id)
+    tenant = f"/internal/v1/tenants/{acme.tenant_id}"
+    assert (await client.patch(tenant, json={"suspended": True}, headers=PLATFORM)).ok
+    suspended = await client.get("/v1/webhooks", headers=as_portal(cookie))
+    assert suspended.status == 403  # as for its API keys
+    assert (await client.patch(tenant, json={"suspended": False}, headers=PLATFORM)).ok
+    assert (await client.get("/v1/webhooks", headers=as_portal(cookie))).status == 200
+    assert (await client.delete(tenant, headers=PLATFORM)).status in (202, 204)
+    assert (await client.get("/v1/webhooks", headers=as_portal(cookie))).status == 401
+    late = await client.post("/portal/session", json={"token": token_of(unopened)})
+    assert late.status == 401
