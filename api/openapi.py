@@ -195,9 +195,7 @@ def _error_headers(row: ErrorStatus) -> dict[str, Any]:
     return {"headers": {row.header: header}}
 
 
-def _responses(
-    path: str, op: Operation, refs: Mapping[Any, Any], method: str = "GET"
-) -> dict[str, Any]:
+def _responses(path: str, op: Operation, refs: Mapping[Any, Any]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, body in op.responses.items():
         response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
@@ -216,8 +214,8 @@ def _responses(
     errors = set(op.errors)
     if op.security != "public":
         errors.update((401, 429))
-    if op.security == "tenant" and method not in ("GET", "HEAD", "OPTIONS"):
-        errors.add(403)  # the portal's cookie without its CSRF token
+    if op.security == "tenant":
+        errors.add(403)  # a suspended tenant; a portal-session write without its CSRF token
     if "{" in path:
         errors.add(404)
     if op.body is not None:
@@ -250,7 +248,7 @@ def _operation_object(
             "required": op.body_required,
             "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
         }
-    obj["responses"] = _responses(route.path, op, refs, route.method)
+    obj["responses"] = _responses(route.path, op, refs)
     return obj
 
 

@@ -76,7 +76,7 @@ async def portal_server(
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, as a user starts it
-            [sys.executable, "-m", "dispatcher.cli", "serve"],
+            [sys.executable, "-m", "run.cli", "serve"],
             env=env,
             cwd=ROOT,
             stdout=sink,

@@ -199,7 +199,7 @@ async def run_alone(runs: int) -> dict[str, dict[str, Any]]:
             env.update(DISPATCHER_DATABASE_URL=url, DISPATCHER_PORT=str(port))
             with (Path(tmp) / "api.log").open("wb") as sink:
                 proc = subprocess.Popen(  # noqa: ASYNC220 - the API under test
-                    [sys.executable, "-m", "dispatcher.cli", "api"],
+                    [sys.executable, "-m", "run.cli", "api"],
                     env=env,
                     stdout=sink,
                     stderr=subprocess.STDOUT,
