@@ -46,6 +46,8 @@ class Job:
     age_origin: datetime  # the event's acceptance, or the last replay: the max age counts from it
     schedule_attempt: int  # attempts since that origin: the backoff step
     signing: str = "hmac"  # what `secrets` are: HMAC secrets, or ed25519 private keys
+    tenant_id: str = ""  # the endpoint's tenant and environment: usage is counted per both
+    environment: str = "sandbox"
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ async def claim(
             r["age_origin"],
             r["schedule_attempt"],
             r["signing"],
+            r["tenant_id"],
+            r["environment"],
         )
         for r in rows
     ]
@@ -154,6 +158,7 @@ async def settle(
         limits.breaker_threshold,
         limits.breaker_open_seconds,
         limits.breaker_max_open_seconds,
+        *_usage(settled),
     )
     gone = sorted({s.job.endpoint_id for s in settled if s.disable_endpoint})
     if gone:
@@ -164,6 +169,27 @@ async def settle(
                 )
                 await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
     return count
+
+
+def _usage(
+    settled: list[Settlement],
+) -> tuple[list[str], list[str], list[int], list[int], list[int]]:
+    """The batch's usage counts per (tenant, environment), sorted: deliveries succeeded,
+    failed attempts, dead letters (bumped by the settle statement itself)."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for s in settled:
+        found = counts[(s.job.tenant_id, s.job.environment)]
+        found[0] += s.status == DeliveryStatus.SUCCEEDED
+        found[1] += s.attempted and not s.succeeded
+        found[2] += s.status == DeliveryStatus.DEAD
+    keys = sorted(counts)
+    return (
+        [t for t, _ in keys],
+        [e for _, e in keys],
+        [counts[k][0] for k in keys],
+        [counts[k][1] for k in keys],
+        [counts[k][2] for k in keys],
+    )
 
 
 async def release(conn: asyncpg.Connection, jobs: list[Job]) -> int:

@@ -327,18 +327,18 @@ usage_events AS (
     DO UPDATE SET events_accepted = u.events_accepted + EXCLUDED.events_accepted
 )"""
 
-# a CTE for SETTLE: counts `settled` (endpoint_id, status, failed) through their endpoints
+# a CTE for SETTLE: the batch's counts per tenant and environment, computed by the worker
+# ($23 tenant ids, $24 environments, $25 deliveries succeeded, $26 failed attempts, $27 dead
+# letters), at {now}; {after} may name the CTE it must follow
 USAGE_SETTLED_CTE = f"""
 usage_settled AS (
     INSERT INTO usage_daily AS u (tenant_id, environment, day, shard, deliveries_succeeded,
                                   failed_attempts, dead_letters)
-    SELECT e.tenant_id, e.environment, (({{now}})::timestamptz AT TIME ZONE 'UTC')::date,
-           pg_backend_pid() % {USAGE_SHARDS},
-           count(*) FILTER (WHERE s.status = 'succeeded'),
-           count(*) FILTER (WHERE s.failed),
-           count(*) FILTER (WHERE s.status = 'dead')
-    FROM settled s JOIN endpoints e ON e.id = s.endpoint_id
-    GROUP BY 1, 2 ORDER BY 1, 2
+    SELECT c.tenant_id, c.environment, (({{now}})::timestamptz AT TIME ZONE 'UTC')::date,
+           pg_backend_pid() % {USAGE_SHARDS}, c.succeeded, c.failed, c.dead
+    FROM unnest($23::text[], $24::text[], $25::int[], $26::int[], $27::int[])
+         AS c (tenant_id, environment, succeeded, failed, dead) {{after}}
+    ORDER BY 1, 2
     ON CONFLICT (tenant_id, day, environment, shard)
     DO UPDATE SET deliveries_succeeded = u.deliveries_succeeded + EXCLUDED.deliveries_succeeded,
                   failed_attempts = u.failed_attempts + EXCLUDED.failed_attempts,
@@ -500,6 +500,7 @@ SELECT c.id, c.event_id, c.endpoint_id, c.attempts, ev.event_type, ev.created_at
        COALESCE(c.replayed_at, ev.created_at) AS age_origin,
        c.attempts - c.attempts_before_replay AS schedule_attempt,
        ev.body, ep.url, ep.url_credentials, ep.standard_webhooks, ep.signing,
+       ep.tenant_id, ep.environment,
        ARRAY(SELECT s.secret FROM endpoint_secrets s
              WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)
              ORDER BY s.created_at, s.id) AS secrets
@@ -519,6 +520,7 @@ JOIN endpoints ep ON ep.id = c.endpoint_id
 #   $13 completed_ats, $14 status codes, $15 outcomes.
 # Endpoints: $16 ids, $17 reset (a success came last), $18 failures after the last success.
 # $19 now, $20 breaker threshold, $21 base open seconds, $22 max open seconds.
+# Usage: $23..$27, see USAGE_SETTLED_CTE.
 # -> the number of deliveries settled (a lease reclaimed meanwhile is not)
 SETTLE = (
     """
@@ -553,10 +555,9 @@ settled AS (
     FROM unnest($9::bigint[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[],
                 $14::int[], $15::text[]) AS u (id, attempt, status, next_at, completed_at, code, outcome)
     WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt
-    RETURNING d.endpoint_id, d.status,
-              u.outcome IS DISTINCT FROM 'success' AND u.id = ANY($1::bigint[]) AS failed
+    RETURNING d.endpoint_id
 ),"""
-    + USAGE_SETTLED_CTE.format(now="$19")
+    + USAGE_SETTLED_CTE.format(now="$19", after="")
     + """,
 released AS (
     SELECT endpoint_id, count(*)::int AS n FROM settled GROUP BY endpoint_id
