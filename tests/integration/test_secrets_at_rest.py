@@ -113,7 +113,8 @@ async def populate(api: Client, world: World) -> list[str]:
             json={"tenant_id": tenant["id"], "environment": "sandbox"},
             headers=AUTH,
         )
-        token = session["url"].rsplit("/", 1)[-1].split("#")[-1].split("=")[-1]
+        token = session["url"].partition("#token=")[2]
+        assert len(token) >= 20, session["url"]  # the link's token, found
         found.append(token)
     body = {"tenant_id": tenant["id"], "environment": "sandbox", "status": "created"}
     await _json(
