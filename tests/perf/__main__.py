@@ -35,6 +35,7 @@ from dispatcher.models import Environment, Principal
 from dispatcher.queue import QueueLimits, claim
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
+from tests.perf import delivery_log
 
 TOKEN = "bench-platform-token-0123456789abcdef"
 ENCRYPTION_KEY = "YmVuY2gtZW5jcnlwdGlvbi1rZXktMzItYnl0ZXMtMDA="
@@ -569,6 +570,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "MB",
                     "<= 150",
                 )
+            # the portal's delivery log: pages of an endpoint with 100,000 deliveries
+            key, newest = await delivery_log.prefill(bench.pool)
+            api = f"http://127.0.0.1:{bench.api_port}"
+            log_runs = await repeat(args.runs, lambda: delivery_log.measure(api, key, newest))
+            figures.update(delivery_log.figures(log_runs))
         finally:
             await bench.close()
     return {

@@ -62,7 +62,8 @@ async def prefill(pool: asyncpg.Pool, count: int = DELIVERIES) -> tuple[str, dat
             """INSERT INTO events (id, tenant_id, environment, event_type, mailing_id,
                                    occurred_at, created_at, body)
                SELECT 'evt_log' || lpad(g::text, 8, '0'), $1, 'sandbox',
-                      ($2::text[])[1 + g % 4], 'ml_log' || g, $3 + $4 * g, $3 + $4 * g,
+                      ($2::text[])[1 + g % 4], 'ml_log' || g,
+                      $3::timestamptz + $4::interval * g, $3::timestamptz + $4::interval * g,
                       '{}'::bytea
                FROM generate_series(1, $5) g""",
             tenant.id,
@@ -78,8 +79,8 @@ async def prefill(pool: asyncpg.Pool, count: int = DELIVERIES) -> tuple[str, dat
                       CASE WHEN g % 20 = 0 THEN 'dead' WHEN g % 20 = 1 THEN 'pending'
                            ELSE 'succeeded' END,
                       CASE WHEN g % 20 = 0 THEN 8 WHEN g % 20 = 1 THEN 2 ELSE 1 END,
-                      $2 + $3 * g, $2 + $3 * g,
-                      CASE WHEN g % 20 = 1 THEN NULL ELSE $2 + $3 * g END,
+                      $2::timestamptz + $3::interval * g, $2::timestamptz + $3::interval * g,
+                      CASE WHEN g % 20 = 1 THEN NULL ELSE $2::timestamptz + $3::interval * g END,
                       CASE WHEN g % 20 IN (0, 1) THEN 503 ELSE 200 END,
                       CASE WHEN g % 20 IN (0, 1) THEN 'http_5xx' ELSE 'success' END
                FROM generate_series(1, $4) g
@@ -133,6 +134,10 @@ async def measure(base: str, key: str, newest: datetime) -> dict[str, float]:
             page = orjson.loads(await response.read())
         # a cursor 90% of the way down the history
         deep = f"dlv_{int(page['data'][0]['id'].removeprefix('dlv_')) // 10}"
+        for url in (log, f"{log}&starting_after={deep}", f"{log}&since={mid_since}"):
+            async with http.get(url, headers=headers) as response:  # full pages, or no figure
+                if len(orjson.loads(await response.read())["data"]) != PAGE:
+                    raise RuntimeError(f"{url}: not a full page of {PAGE}")
         return {
             "baseline": await _median_ms(http, f"{base}/v1/webhooks/{ENDPOINT}", key),
             "newest": await _median_ms(http, log, key),
