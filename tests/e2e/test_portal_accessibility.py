@@ -3,6 +3,7 @@ and activated with Enter, a visible focus ring on whatever has keyboard focus.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,8 @@ from tests.e2e.portal_support import (
     portal_link,
     refresh_until,
 )
+
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 
 UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea")]
     .filter((e) => e.offsetParent !== null)
@@ -110,4 +113,58 @@ async def test_labels_keyboard_and_visible_focus(
     await page.keyboard.press("Enter")
     await page.get_by_role("heading", name="Event catalog").wait_for()
     assert await page.evaluate(UNLABELLED) == []
+    portal.assert_clean()
+
+
+async def axe_violations(watched: Watched) -> list[str]:
+    """axe-core's WCAG 2.1 A/AA rules on the page as it is now; one line per violation."""
+    found: list[str] = await watched.page.evaluate(
+        """async () => {
+            const result = await axe.run(document, {
+                runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+            });
+            const found = result.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at `
+                + v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", "));
+            // rules that checked something and passed: proof that axe looked at the page
+            return [String(result.passes.length), ...found];
+        }"""
+    )
+    passed, *violations = found
+    assert int(passed) >= 10, f"axe checked almost nothing: {passed} rules passed"
+    return violations
+
+
+@pytest.mark.timeout(90)
+async def test_axe_finds_no_wcag_violation_on_any_view(
+    portal: Watched, portal_server: Server, pool: asyncpg.Pool, receiver: Any
+) -> None:
+    """The axe script is injected by the browser driver, outside the page's CSP."""
+    page = portal.page
+    await portal.context.add_init_script(path=str(AXE))
+    tenant_id = await new_tenant(pool, "ACME")
+    endpoint_url = receiver.url("/axe")
+    receiver.script("/axe", 500, body=b"try later")
+    await new_endpoint(pool, tenant_id, endpoint_url, description="Axe")
+    event_id = await emit(portal_server, tenant_id, "ml_axe", "created")
+    await receiver.wait_for(1, "/axe")
+    await open_portal(portal, (await portal_link(portal_server, tenant_id))["url"])
+    views = {"endpoints": await axe_violations(portal)}
+    await page.get_by_role("button", name=endpoint_url).click()
+    await page.get_by_role("heading", name="Delivery log").wait_for()
+    await refresh_until(page, event_id, "HTTP 500")
+    await page.get_by_role("button", name="Show attempts").click()
+    views["endpoint, attempts open"] = await axe_violations(portal)
+    await page.get_by_role("button", name="Rotate secret").click()
+    views["confirmation dialog"] = await axe_violations(portal)
+    await page.get_by_role("button", name="Cancel").click()
+    await page.get_by_role("button", name="Edit").click()
+    await page.get_by_role("heading", name="Edit endpoint").wait_for()
+    views["edit form"] = await axe_violations(portal)
+    await page.get_by_role("button", name="Event catalog").click()
+    await page.get_by_role("heading", name="Event catalog").wait_for()
+    views["catalog"] = await axe_violations(portal)
+    assert {view: found for view, found in views.items() if found} == {}
+    # the control: an unlabelled field added by the test is caught
+    await page.evaluate("document.querySelector('main').append(document.createElement('input'))")
+    assert any(v.startswith("label ") for v in await axe_violations(portal))
     portal.assert_clean()
