@@ -196,8 +196,8 @@ async def portal_link(server: Server, tenant_id: str, **extra: Any) -> dict[str,
     return link
 
 
-async def emit(server: Server, tenant_id: str, mailing_id: str, status: str) -> str:
-    body = {"tenant_id": tenant_id, "environment": "sandbox", "status": status}
+async def emit(server: Server, tenant_id: str, mailing_id: str, status: str, **extra: Any) -> str:
+    body = {"tenant_id": tenant_id, "environment": "sandbox", "status": status, **extra}
     answer = await platform(server, "POST", f"/internal/v1/mailings/{mailing_id}/transitions", body)
     event_id: str = answer["event_id"]
     return event_id

@@ -112,7 +112,8 @@ async def test_a_hostile_receiver_and_tenant_strings_run_nothing(
         description=XSS_DESCRIPTION,
         metadata={"note": "</script><script>alert('metadata')</script>"},
     )
-    event_id = await emit(portal_server, tenant_id, "ml_xss", "created")
+    hostile = {"note": "<img src=x onerror=alert('event')>"}
+    event_id = await emit(portal_server, tenant_id, "ml_xss", "created", metadata=hostile)
     await receiver.wait_for(1, "/xss")
     link = (await portal_link(portal_server, tenant_id))["url"]
     await open_endpoint(portal, link, url)
@@ -131,6 +132,12 @@ async def test_a_hostile_receiver_and_tenant_strings_run_nothing(
     outcome = tester.locator(".test-outcome")
     await outcome.wait_for()
     assert await outcome.locator("pre.response").text_content() == XSS_BODY.decode()
+
+    await page.get_by_role("button", name="Events", exact=True).click()
+    await page.get_by_label("Mailing id or event id").fill("ml_xss")
+    await page.get_by_role("button", name="Find events").click()
+    data = page.get_by_label(f"Data of {event_id}")
+    assert "<img src=x onerror=alert('event')>" in (await data.text_content() or "")
 
     # nothing was parsed into elements, nothing ran, nothing was even attempted
     injected = await page.evaluate(

@@ -946,6 +946,70 @@
     );
   }
 
+  // ---- events: find a mailing's events or one event, with their delivery per endpoint -------
+
+  function renderEvents(query) {
+    setTab("events");
+    const input = el("input", { type: "text", name: "event_query", value: query || "", autocomplete: "off" });
+    const results = el("div", { "aria-live": "polite" });
+    const form = el(
+      "form",
+      { class: "card", role: "search", "aria-label": "Find events" },
+      field("Mailing id or event id", input, "A mailing id (ml_...) lists its events, newest first; an event id (evt_...) shows that event."),
+      el("button", { type: "submit", class: "primary" }, "Find events"),
+      results
+    );
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const q = input.value.trim();
+      if (!q) return;
+      results.replaceChildren(loading("Searching…"));
+      try {
+        const found = q.startsWith("evt_")
+          ? [await api("GET", `/v1/events/${enc(q)}`)]
+          : (await api("GET", `/v1/events?limit=50&mailing_id=${enc(q)}`)).data;
+        results.replaceChildren(
+          found.length ? el("div", {}, found.map(eventCard)) : emptyState("No event found", "Check the id; events are kept for the retention period.")
+        );
+      } catch (e) {
+        results.replaceChildren(e.status === 404 ? emptyState("No event found", "Check the id; events are kept for the retention period.") : errorBox(e));
+      }
+    });
+    show(el("h1", {}, "Events"), el("p", { class: "sub" }, "Each event and where it stands at every endpoint it was sent to."), form);
+    input.focus();
+  }
+
+  function eventCard(ev) {
+    return el(
+      "article",
+      { class: "catalog-item event", "data-id": ev.event_id },
+      el("h2", {}, el("code", {}, ev.event_type), " ", el("span", { class: "meta" }, ev.event_id)),
+      el("p", { class: "meta" }, `Occurred ${when(ev.occurred_at)} · accepted ${when(ev.created_at)}`),
+      ev.deliveries.length
+        ? el(
+            "table",
+            {},
+            el("thead", {}, el("tr", {}, ["Endpoint", "Status", "Attempts", "Last answer"].map((h) => el("th", { scope: "col" }, h)))),
+            el(
+              "tbody",
+              {},
+              ev.deliveries.map((d) =>
+                el(
+                  "tr",
+                  {},
+                  el("td", {}, el("button", { type: "button", class: "link", onclick: () => go(renderEndpoint, d.endpoint_id) }, d.endpoint_id)),
+                  el("td", {}, badge(d.status)),
+                  el("td", {}, String(d.attempt_count)),
+                  el("td", {}, d.last_status_code ? `HTTP ${d.last_status_code}` : d.last_outcome ? d.last_outcome.replace("_", " ") : "—")
+                )
+              )
+            )
+          )
+        : el("p", { class: "meta" }, "No endpoint was subscribed to it."),
+      el("pre", { tabindex: "0", "aria-label": `Data of ${ev.event_id}` }, JSON.stringify(ev.data, null, 2))
+    );
+  }
+
   // ---- event catalog -----------------------------------------------------------------------
 
   async function renderCatalog() {
@@ -983,7 +1047,8 @@
 
   async function start() {
     for (const tab of document.querySelectorAll(".tab")) {
-      tab.addEventListener("click", () => go(tab.dataset.view === "catalog" ? renderCatalog : renderEndpoints));
+      const views = { endpoints: renderEndpoints, events: renderEvents, catalog: renderCatalog };
+      tab.addEventListener("click", () => go(views[tab.dataset.view]));
     }
     $("sign-out").addEventListener("click", signOut);
     let session;
