@@ -11,9 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -21,7 +19,7 @@ from pydantic import (
 )
 
 from api.pagination import ListPage, PageQuery
-from api.validators import MAX_JSON_OBJECT_BYTES, bounded_json_object
+from api.validators import MAX_JSON_OBJECT_BYTES, Rfc3339, bounded_json_object
 from dispatcher.ids import format_delivery_id
 from dispatcher.models import DeliveryStatus
 from dispatcher.store.deliveries import Attempt, Delivery, ReplayScope
@@ -29,20 +27,6 @@ from dispatcher.store.events import StoredEvent
 from dispatcher.transitions import EVENT_TYPES, TEST_EVENT_TYPE
 
 MAX_TEST_DATA_BYTES = MAX_JSON_OBJECT_BYTES
-
-
-def _rfc3339_text(value: Any) -> Any:
-    """Only strings: pydantic would otherwise take a number as unix seconds."""
-    if not isinstance(value, str):
-        raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-05-11T08:42:13Z")
-    return value
-
-
-Rfc3339 = Annotated[
-    AwareDatetime,
-    BeforeValidator(_rfc3339_text),
-    Field(examples=["2026-05-11T00:00:00Z"]),
-]
 
 
 # ---- the delivery log -------------------------------------------------------------------

@@ -25,14 +25,13 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
 )
 
-from api.validators import MAX_JSON_OBJECT_BYTES, bounded_json_object
+from api.validators import MAX_JSON_OBJECT_BYTES, Rfc3339, bounded_json_object
 from dispatcher.models import Environment
 from dispatcher.transitions import MailingStatus, MailType
 
@@ -48,8 +47,6 @@ _MAILING_ID = re.compile(rf"[A-Za-z0-9._~:-]{{1,{MAX_MAILING_ID_CHARS}}}")
 MAILING_ID_PATTERN = f"^{_MAILING_ID.pattern}$"
 _TENANT_ID = re.compile(rf"[!-~]{{1,{MAX_TENANT_ID_CHARS}}}")
 # RFC 3339 date-time: seconds required, fraction optional, offset required.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
-_NAIVE = "must carry a timezone offset ('Z' or '+hh:mm'); naive times are refused"
 
 
 def mailing_id_problem(value: str) -> str | None:
@@ -83,24 +80,6 @@ def _check_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _parse_rfc3339(value: Any) -> Any:
-    """Only RFC 3339 strings: pydantic's lax parsing would take Unix numbers and bare dates."""
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str) and (match := _RFC3339.fullmatch(value)):
-        if match.group(2) is None:
-            raise ValueError(_NAIVE)
-        try:
-            parsed = datetime.fromisoformat(value.upper())
-        except ValueError:
-            raise ValueError("is not a valid date and time") from None
-    else:
-        raise ValueError("must be an RFC 3339 date-time such as '2026-05-11T08:42:13Z'")
-    if parsed.tzinfo is None:
-        raise ValueError(_NAIVE)
-    return parsed.astimezone(UTC)
-
-
 MailingId = Annotated[
     str,
     Field(
@@ -125,8 +104,7 @@ JsonObject = Annotated[
     AfterValidator(_check_object),
 ]
 OccurredAt = Annotated[
-    datetime,
-    BeforeValidator(_parse_rfc3339),
+    Rfc3339,
     Field(
         description="RFC 3339 with an offset; at most one day ahead of the server's clock. "
         "Defaults to the time of acceptance. Sent in UTC ('...Z').",
