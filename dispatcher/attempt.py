@@ -1,4 +1,10 @@
-"""One delivery attempt: a signed POST and its classified outcome. No database here."""
+"""One delivery attempt: a signed POST and its classified outcome. No database here.
+
+`run_attempt` is the one pipeline (headers and signature, target, send, classify) behind both
+the worker and the test send. Whatever goes wrong inside it, at any step, becomes a recorded,
+classified failed attempt: it never raises (but for cancellation), so no delivery is left in
+flight by an exception.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +36,38 @@ class AttemptResult:
     error: str | None
     response_body: str | None
     retry_after: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRequest:
+    """What one attempt sends: the event's bytes, where, and the keys that sign it."""
+
+    event_id: str
+    event_type: str
+    attempt: int
+    body: bytes
+    url: str
+    secrets: list[str]
+    standard_webhooks: bool
+    signing: str = "hmac"  # what `secrets` are: HMAC secrets, or ed25519 private keys
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt as it travels from the send to the history (the ``attempts`` table)."""
+
+    attempt: int
+    started_at: datetime
+    duration_ms: float
+    outcome: Outcome
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+    retry_after: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome == Outcome.SUCCESS
 
 
 @dataclass(frozen=True)
@@ -102,7 +140,11 @@ def _classify_error(exc: BaseException) -> Outcome:
     cause = exc.__cause__
     if isinstance(cause, BlockedAddress):
         return Outcome.BLOCKED_ADDRESS
-    return Outcome.CONNECTION_ERROR
+    if isinstance(exc, (UnicodeError, aiohttp.InvalidURL)) or isinstance(cause, UnicodeError):
+        return Outcome.INVALID_TARGET  # e.g. a host name IDNA refuses: no retry will fix it
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        return Outcome.CONNECTION_ERROR
+    return Outcome.INTERNAL_ERROR
 
 
 def _error_text(exc: BaseException) -> str:
@@ -113,6 +155,8 @@ def _error_text(exc: BaseException) -> str:
         return "Timeout: no complete answer within the attempt timeout"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"{type(exc).__name__}: cannot connect ({exc.os_error.__class__.__name__})"
+    if _classify_error(exc) == Outcome.INTERNAL_ERROR:
+        return f"Internal: {type(exc).__name__}"
     return type(exc).__name__
 
 
@@ -126,8 +170,13 @@ async def send(
     allow_private: bool,
 ) -> AttemptResult:
     """POST once; never follows redirects; reads at most 1 KiB of what the receiver says."""
-    target = parse_target(url)
     start = time.perf_counter()
+    try:
+        target = parse_target(url)
+    except Exception as exc:
+        return AttemptResult(
+            Outcome.INVALID_TARGET, None, 0.0, f"InvalidTarget: {type(exc).__name__}", None, None
+        )
     if target.url is None or (target.blocked_literal is not None and not allow_private):
         reason = target.blocked_literal or "the URL's host is not a DNS name or an IP address"
         return AttemptResult(
@@ -144,13 +193,7 @@ async def send(
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=None),
             ) as response:
-                excerpt = await response.content.read(RESPONSE_EXCERPT_BYTES)
-                if not response.content.at_eof():
-                    await response.content.read(_DRAIN_LIMIT)
-                    if not response.content.at_eof():
-                        response.close()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
+                excerpt, status, retry_after = await read_answer(response)
     except Exception as exc:
         return AttemptResult(
             _classify_error(exc),
@@ -161,7 +204,12 @@ async def send(
             None,
         )
     duration = (time.perf_counter() - start) * 1000
-    outcome = classify_status(status)
+    try:
+        outcome = classify_status(status)
+    except Exception as exc:
+        return AttemptResult(
+            Outcome.INTERNAL_ERROR, status, duration, f"Internal: {type(exc).__name__}", None, None
+        )
     return AttemptResult(
         outcome,
         status,
@@ -169,6 +217,71 @@ async def send(
         None if outcome == Outcome.SUCCESS else f"HTTP {status}",
         readable_excerpt(excerpt),
         retry_after,
+    )
+
+
+async def read_answer(response: aiohttp.ClientResponse) -> tuple[bytes, int, str | None]:
+    """The first KiB of the body (drained up to 64 KiB so the connection can be reused), the
+    status and Retry-After."""
+    excerpt = await response.content.read(RESPONSE_EXCERPT_BYTES)
+    if not response.content.at_eof():
+        await response.content.read(_DRAIN_LIMIT)
+        if not response.content.at_eof():
+            response.close()
+    return excerpt, response.status, response.headers.get("Retry-After")
+
+
+async def run_attempt(
+    session: aiohttp.ClientSession,
+    request: AttemptRequest,
+    *,
+    started_at: datetime,
+    timeout_seconds: float,
+    allow_private: bool,
+    signature_header: str,
+) -> AttemptRecord:
+    """Headers and signature, target, send, classify: the whole attempt, for the worker and
+    the test send alike, with any session. Never raises an exception of the attempt."""
+    try:
+        headers = delivery_headers(
+            event_id=request.event_id,
+            event_type=request.event_type,
+            attempt=request.attempt,
+            body=request.body,
+            secrets=request.secrets,
+            timestamp=unix_seconds(started_at),
+            signature_header=signature_header,
+            standard_webhooks=request.standard_webhooks,
+            signing=request.signing,
+        )
+    except Exception as exc:
+        return AttemptRecord(
+            request.attempt,
+            started_at,
+            0.0,
+            Outcome.INTERNAL_ERROR,
+            None,
+            f"Internal: signing failed ({type(exc).__name__})",
+            None,
+            None,
+        )
+    result = await send(
+        session,
+        url=request.url,
+        body=request.body,
+        headers=headers,
+        timeout_seconds=timeout_seconds,
+        allow_private=allow_private,
+    )
+    return AttemptRecord(
+        request.attempt,
+        started_at,
+        result.duration_ms,
+        result.outcome,
+        result.status_code,
+        result.error,
+        result.response_body,
+        result.retry_after,
     )
 
 

@@ -18,6 +18,7 @@ import asyncpg
 from dispatcher import ids
 from dispatcher.db import queries as q
 from dispatcher.ids import EventId
+from dispatcher.partitions import ensure_day
 from dispatcher.signing import canonical_json
 from dispatcher.transitions import (
     Accept,
@@ -146,7 +147,7 @@ async def _current(
             MailingStatus(r["status"]),
             MailType(r["mail_type"]),
             r["last_event_id"],
-            r["last_event_type"],
+            event_type_for(MailingStatus(r["status"])),  # the event a status comes from
         )
         for r in rows
     }
@@ -213,6 +214,7 @@ async def _write(
 ) -> int:
     """Events, mailings, fan-out and NOTIFY in one round trip, whatever the batch size."""
     changed = [(k, s) for k, s in states.items() if s.changed]
+    await ensure_day(conn, now)
     created: int = await conn.fetchval(
         q.WRITE_EVENTS,
         batch.ids,

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
+from dispatcher.models import DeliveryStatus
+
 
 class Outcome(StrEnum):
     """How one attempt ended; also the ``outcome`` label of the attempts metric."""
@@ -24,6 +26,9 @@ class Outcome(StrEnum):
     CONNECTION_ERROR = "connection_error"
     TLS_ERROR = "tls_error"
     BLOCKED_ADDRESS = "blocked_address"
+    INVALID_TARGET = "invalid_target"  # the URL cannot be sent to (e.g. a host IDNA refuses)
+    INTERNAL_ERROR = "internal_error"  # our side failed (signing, classifying): a bug, retried
+    EXPIRED = "expired"  # past its max age before it could be attempted: not sent
 
 
 def classify_status(code: int) -> Outcome:
@@ -67,6 +72,22 @@ class Disable:
 
 
 Decision = Done | Retry | Dead | Disable
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Everything that follows an attempt, decided in one place: the delivery's new status,
+    when it is tried next (pending) or was finished, and why it died or disables its endpoint."""
+
+    status: DeliveryStatus
+    at: datetime
+    dead_reason: str | None = None
+    disable_reason: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status != DeliveryStatus.PENDING
+
 
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 GONE = 410
@@ -168,6 +189,42 @@ class RetryPolicy:
         if wait > remaining:
             return Dead(reason)
         return Retry(now + timedelta(seconds=wait))
+
+    def before_attempt(self, *, age_origin: datetime, now: datetime) -> Verdict | None:
+        """Dead without an attempt when the max age has passed (an open circuit or a full
+        endpoint held the delivery back); None: go ahead."""
+        if now >= age_origin + timedelta(seconds=self.max_age_seconds):
+            return Verdict(DeliveryStatus.DEAD, now, dead_reason="max age reached")
+        return None
+
+    def verdict(
+        self,
+        *,
+        outcome: Outcome,
+        status_code: int | None,
+        attempt: int,
+        age_origin: datetime,
+        now: datetime,
+        retry_after: str | None,
+        rng: random.Random,
+    ) -> Verdict:
+        """The whole verdict after attempt number ``attempt`` since ``age_origin``."""
+        decision = self.decide(
+            outcome=outcome,
+            status_code=status_code,
+            attempt=attempt,
+            event_created_at=age_origin,
+            now=now,
+            retry_after=retry_after,
+            rng=rng,
+        )
+        if isinstance(decision, Done):
+            return Verdict(DeliveryStatus.SUCCEEDED, now)
+        if isinstance(decision, Retry):
+            return Verdict(DeliveryStatus.PENDING, decision.at)
+        if isinstance(decision, Disable):
+            return Verdict(DeliveryStatus.CANCELLED, now, disable_reason=decision.reason)
+        return Verdict(DeliveryStatus.DEAD, now, dead_reason=decision.reason)
 
 
 def _finite(value: float) -> bool:

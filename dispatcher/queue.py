@@ -1,20 +1,26 @@
-"""The durable delivery queue: claim with a lease, settle in batches, hand back, reclaim.
+"""The durable delivery queue: claim, settle in batches, hand back, reap, expire.
 
-Every statement takes `now` as a parameter (never SQL's now()), so tests drive the queue with
-a fake clock against the real database.
+The queue table holds only live deliveries (pending or held by a worker); settle moves a
+final one into the history. Every statement takes `now` as a parameter (never SQL's now()),
+so tests drive the queue with a fake clock against the real database. Locks follow one
+order (docs/architecture.md): endpoint_state rows by endpoint id, then queue rows.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 
+from dispatcher.attempt import AttemptRecord, AttemptRequest
 from dispatcher.db import queries as q
 from dispatcher.ids import DeliveryId, EndpointId, EventId
 from dispatcher.models import DeliveryStatus
+from dispatcher.partitions import ensure_day
+from dispatcher.policy import Verdict
 from dispatcher.store.secrets import open_secret, stored_url
 
 
@@ -30,12 +36,21 @@ class QueueLimits:
 
 
 @dataclass(frozen=True)
+class TenantAllowance:
+    """How many more attempts each tenant may start on this worker (its fair share)."""
+
+    default: int = 1_000_000
+    reduced: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class Job:
     """A claimed delivery with everything needed to send it, and no further query."""
 
     delivery_id: DeliveryId
     event_id: EventId
     endpoint_id: EndpointId
+    tenant_id: str
     attempt: int
     event_type: str
     event_created_at: datetime
@@ -45,27 +60,34 @@ class Job:
     secrets: list[str]
     age_origin: datetime  # the event's acceptance, or the last replay: the max age counts from it
     schedule_attempt: int  # attempts since that origin: the backoff step
+    worker_id: int  # the claim's fence: only this worker may settle it, at this attempt
     signing: str = "hmac"  # what `secrets` are: HMAC secrets, or ed25519 private keys
-    tenant_id: str = ""  # the endpoint's tenant and environment: usage is counted per both
-    environment: str = "sandbox"
+    environment: str = "sandbox"  # with tenant_id: usage is counted per both
+
+    def request(self) -> AttemptRequest:
+        return AttemptRequest(
+            self.event_id,
+            self.event_type,
+            self.attempt,
+            self.body,
+            self.url,
+            self.secrets,
+            self.standard_webhooks,
+            self.signing,
+        )
 
 
 @dataclass(frozen=True)
 class Settlement:
-    """The recorded attempt and what the policy decided comes next."""
+    """The attempt made (None when none was: expired before it) and the policy's verdict."""
 
     job: Job
-    started_at: datetime
-    duration_ms: float
-    outcome: str
-    status_code: int | None
-    error: str | None
-    response_body: str | None
-    status: DeliveryStatus
-    next_attempt_at: datetime
-    succeeded: bool
-    disable_endpoint: bool = False
-    attempted: bool = True
+    record: AttemptRecord | None
+    verdict: Verdict
+
+    @property
+    def attempted(self) -> bool:
+        return self.record is not None
 
 
 async def claim(
@@ -74,8 +96,14 @@ async def claim(
     limit: int,
     limits: QueueLimits,
     start_after: str = "",
+    *,
+    worker_id: int,
+    allowance: TenantAllowance | None = None,
 ) -> list[Job]:
-    """Up to `limit` due deliveries; `start_after` rotates the walk over endpoints."""
+    """Up to `limit` due deliveries for `worker_id`; `start_after` rotates the walk over
+    endpoints; `allowance` caps each tenant's share."""
+    share = allowance or TenantAllowance()
+    reduced = dict(share.reduced or {})
     rows = await conn.fetch(
         q.CLAIM_DELIVERIES,
         now,
@@ -85,12 +113,17 @@ async def claim(
         limits.breaker_threshold,
         now + timedelta(seconds=limits.lease_seconds),
         start_after,
+        worker_id,
+        list(reduced),
+        list(reduced.values()),
+        share.default,
     )
     return [
         Job(
             DeliveryId(r["id"]),
             EventId(r["event_id"]),
             EndpointId(r["endpoint_id"]),
+            r["tenant_id"],
             r["attempts"],
             r["event_type"],
             r["event_created_at"],
@@ -100,8 +133,8 @@ async def claim(
             [open_secret(r["endpoint_id"], s) for s in r["secrets"]],
             r["age_origin"],
             r["schedule_attempt"],
+            worker_id,
             r["signing"],
-            r["tenant_id"],
             r["environment"],
         )
         for r in rows
@@ -112,12 +145,12 @@ def _endpoint_tallies(settled: list[Settlement]) -> tuple[list[str], list[bool],
     """Per endpoint: the failure streak as of its last attempt in the batch."""
     reset: dict[str, bool] = {}
     fails: dict[str, int] = defaultdict(int)
-    for s in sorted(settled, key=lambda s: s.started_at):
+    for s in sorted(settled, key=lambda s: s.record.started_at if s.record else s.verdict.at):
         ep = s.job.endpoint_id
         reset.setdefault(ep, False)
-        if not s.attempted:
+        if s.record is None:
             continue
-        if s.succeeded:
+        if s.record.succeeded:
             reset[ep], fails[ep] = True, 0
         else:
             fails[ep] += 1
@@ -128,46 +161,67 @@ def _endpoint_tallies(settled: list[Settlement]) -> tuple[list[str], list[bool],
 async def settle(
     conn: asyncpg.Connection, settled: list[Settlement], now: datetime, limits: QueueLimits
 ) -> int:
-    """Record attempts and outcomes in one statement, whatever the batch size; returns how
-    many deliveries it settled (one whose lease was reclaimed meanwhile is not)."""
+    """Record attempts and outcomes in one call, whatever the batch size; returns how many
+    deliveries it settled (one taken back from this worker meanwhile is not).
+
+    All settlements of one call share a worker id (one worker settles its own claims)."""
     if not settled:
         return 0
-    tried = [s for s in settled if s.attempted]
+    by_worker: dict[int, list[Settlement]] = defaultdict(list)
+    for s in settled:
+        by_worker[s.job.worker_id].append(s)
+    for s in settled:
+        if s.record is not None:
+            await ensure_day(conn, s.record.started_at)
+    await ensure_day(conn, now)
+    count = 0
+    for worker_id, batch in sorted(by_worker.items()):
+        count += await _settle_one(conn, worker_id, batch, now, limits)
+    gone = sorted({s.job.endpoint_id for s in settled if s.verdict.disable_reason})
+    for endpoint_id in gone:
+        reason = next(s.verdict.disable_reason for s in settled if s.job.endpoint_id == endpoint_id)
+        async with conn.transaction():
+            await conn.execute(q.DISABLE_ENDPOINT, endpoint_id, reason, now)
+            await cancel_pending(conn, endpoint_id, now)
+    return count
+
+
+async def _settle_one(
+    conn: asyncpg.Connection,
+    worker_id: int,
+    settled: list[Settlement],
+    now: datetime,
+    limits: QueueLimits,
+) -> int:
+    settled = sorted(settled, key=lambda s: s.job.delivery_id)
+    tried = [(s.job, s.record) for s in settled if s.record is not None]
     endpoints, reset, fails = _endpoint_tallies(settled)
     count: int = await conn.fetchval(
         q.SETTLE,
-        [s.job.delivery_id for s in tried],
-        [s.job.attempt for s in tried],
-        [s.started_at for s in tried],
-        [s.duration_ms for s in tried],
-        [s.outcome for s in tried],
-        [s.status_code for s in tried],
-        [s.error for s in tried],
-        [s.response_body for s in tried],
+        worker_id,
+        now,
+        [j.delivery_id for j, _ in tried],
+        [r.attempt for _, r in tried],
+        [r.started_at for _, r in tried],
+        [r.duration_ms for _, r in tried],
+        [r.outcome.value for _, r in tried],
+        [r.status_code for _, r in tried],
+        [r.error for _, r in tried],
+        [r.response_body for _, r in tried],
         [s.job.delivery_id for s in settled],
         [s.job.attempt for s in settled],
-        [s.status.value for s in settled],
-        [s.next_attempt_at for s in settled],
-        [now if s.status != DeliveryStatus.PENDING else None for s in settled],
-        [s.status_code for s in settled],
-        [s.outcome for s in settled],
+        [s.verdict.status.value for s in settled],
+        [s.verdict.at for s in settled],
+        [s.record.status_code if s.record else None for s in settled],
+        [_last_outcome(s) for s in settled],
         endpoints,
         reset,
         fails,
-        now,
         limits.breaker_threshold,
         limits.breaker_open_seconds,
         limits.breaker_max_open_seconds,
         *_usage(settled),
     )
-    gone = sorted({s.job.endpoint_id for s in settled if s.disable_endpoint})
-    if gone:
-        async with conn.transaction():
-            for endpoint_id in gone:
-                await conn.execute(
-                    q.DISABLE_ENDPOINT, endpoint_id, "endpoint answered 410 Gone", now
-                )
-                await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
     return count
 
 
@@ -179,9 +233,9 @@ def _usage(
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for s in settled:
         found = counts[(s.job.tenant_id, s.job.environment)]
-        found[0] += s.status == DeliveryStatus.SUCCEEDED
-        found[1] += s.attempted and not s.succeeded
-        found[2] += s.status == DeliveryStatus.DEAD
+        found[0] += s.verdict.status == DeliveryStatus.SUCCEEDED
+        found[1] += s.record is not None and not s.record.succeeded
+        found[2] += s.verdict.status == DeliveryStatus.DEAD
     keys = sorted(counts)
     return (
         [t for t, _ in keys],
@@ -192,40 +246,97 @@ def _usage(
     )
 
 
+def _last_outcome(s: Settlement) -> str:
+    if s.record is not None:
+        return s.record.outcome.value
+    return "expired"
+
+
+async def cancel_pending(conn: asyncpg.Connection, endpoint_id: str, now: datetime) -> None:
+    """An endpoint disabled or deleted: its pending deliveries become cancelled (history).
+    Inside the caller's transaction; its endpoint_state row first, as the lock order says."""
+    await ensure_day(conn, now)
+    await conn.execute(q.LOCK_ENDPOINT_STATE, [endpoint_id])
+    await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
+
+
 async def release(conn: asyncpg.Connection, jobs: list[Job]) -> int:
     """Hand back claimed work that was never sent (shutdown), freeing the endpoint slots."""
     if not jobs:
         return 0
-    async with conn.transaction():
-        rows = await conn.fetch(
-            q.RELEASE_DELIVERIES, [j.delivery_id for j in jobs], [j.attempt for j in jobs]
-        )
-        counts: dict[str, int] = defaultdict(int)
-        for r in rows:
-            counts[r["endpoint_id"]] += 1
-        await _free_slots(conn, counts)
-    if rows:
+    total = 0
+    by_worker: dict[int, list[Job]] = defaultdict(list)
+    for j in jobs:
+        by_worker[j.worker_id].append(j)
+    for worker_id, batch in by_worker.items():
+        async with conn.transaction():
+            await conn.execute(q.LOCK_ENDPOINT_STATE, sorted({j.endpoint_id for j in batch}))
+            rows = await conn.fetch(
+                q.RELEASE_DELIVERIES,
+                [j.delivery_id for j in batch],
+                [j.attempt for j in batch],
+                worker_id,
+            )
+            counts: dict[str, int] = defaultdict(int)
+            for r in rows:
+                counts[r["endpoint_id"]] += 1
+            if counts:
+                endpoints = sorted(counts)
+                await conn.execute(
+                    q.RELEASE_ENDPOINT_SLOTS, endpoints, [counts[e] for e in endpoints]
+                )
+        total += len(rows)
+    if total:
         await conn.execute(q.NOTIFY_DELIVERIES)
-    return len(rows)
+    return total
 
 
-async def reclaim_expired(conn: asyncpg.Connection, now: datetime, limit: int = 1000) -> int:
-    """Leases of workers that died go back to the queue; their endpoints' slots are freed."""
+async def reap(conn: asyncpg.Connection, now: datetime, limit: int = 1000) -> int:
+    """Deliveries held by dead workers (their liveness lock is free) and expired leases go
+    back to the queue, due now; their endpoints' slots are freed."""
     async with conn.transaction():
-        rows = await conn.fetch(q.RECLAIM_EXPIRED, now, limit)
-        counts = {r["endpoint_id"]: r["n"] for r in rows}
-        await _free_slots(conn, counts)
-    return sum(counts.values())
+        rows = await conn.fetch(q.REAP, now, limit)
+    count = sum(int(r["n"]) for r in rows)
+    if count:
+        await conn.execute(q.NOTIFY_DELIVERIES)
+    return count
 
 
-async def _free_slots(conn: asyncpg.Connection, counts: dict[str, int]) -> None:
-    if not counts:
-        return
-    endpoints = sorted(counts)
-    await conn.execute(q.LOCK_ENDPOINTS, endpoints)
-    await conn.execute(q.RELEASE_ENDPOINT_SLOTS, endpoints, [counts[e] for e in endpoints])
+# the name the previous engine used; the lease is now only the backstop of `reap`
+reclaim_expired = reap
+
+
+async def expire_pending(
+    conn: asyncpg.Connection, now: datetime, max_age_seconds: float, limit: int = 10_000
+) -> int:
+    """Pending deliveries past their max age become dead letters now, whatever their
+    endpoint's state; returns how many."""
+    await ensure_day(conn, now)
+    cutoff = now - timedelta(seconds=max_age_seconds)
+    total = 0
+    while True:
+        count: int = await conn.fetchval(q.EXPIRE_PENDING, now, cutoff, limit)
+        total += count
+        if count < limit:
+            return total
 
 
 async def next_due(conn: asyncpg.Connection) -> datetime | None:
     value: datetime | None = await conn.fetchval(q.NEXT_DUE)
     return value
+
+
+__all__ = [
+    "DeliveryStatus",
+    "Job",
+    "QueueLimits",
+    "Settlement",
+    "TenantAllowance",
+    "cancel_pending",
+    "claim",
+    "expire_pending",
+    "next_due",
+    "reap",
+    "release",
+    "settle",
+]

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=64, ge=1, le=10000)
     endpoint_concurrency: int = Field(default=16, ge=1, le=1000)
     claim_batch_size: int = Field(default=64, ge=1, le=1000)
+    # a tenant's in-flight attempts on one worker: at most this share of its slots
+    tenant_share: float = Field(default=0.5, gt=0, le=1)
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_interval_seconds: float = Field(default=5.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

@@ -51,8 +51,9 @@ async def purge_tenant(
     """
     budget = [max_batches]
     endpoints = [r["id"] for r in await conn.fetch(q.TENANT_ENDPOINT_IDS, tenant_id)]
-    if endpoints and not await _drain(conn, q.PURGE_DELIVERIES, endpoints, batch, budget):
-        return False
+    for deliveries in (q.PURGE_QUEUED_DELIVERIES, q.PURGE_DELIVERY_HISTORY):
+        if endpoints and not await _drain(conn, deliveries, endpoints, batch, budget):
+            return False
     if endpoints and await conn.fetchval(q.COUNT_IN_FLIGHT, endpoints):
         return False  # a worker still holds some: their settle comes first
     for query in (q.PURGE_EVENTS, q.PURGE_MAILINGS, q.PURGE_USAGE):

@@ -1,7 +1,11 @@
 """The delivery loop: claim due work, send it concurrently, settle results in batches.
 
-Idle waits end on whichever comes first: a NOTIFY (new events), a freed slot or settled
-batch, the next scheduled retry, or the fallback poll timer.
+The worker only loops: the attempt pipeline (`dispatcher.attempt.run_attempt`) makes the
+attempt and the retry policy (`RetryPolicy.verdict`) decides what follows it. Idle waits end
+on whichever comes first: a NOTIFY (new events), a freed slot or settled batch, the next
+scheduled retry, or the fallback poll timer. Besides, every worker reaps the deliveries of
+dead workers (every 2 s) and dead-letters pending deliveries past their max age (every poll
+interval), whatever their endpoint's state.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -17,19 +23,23 @@ import aiohttp
 import asyncpg
 
 from dispatcher import metrics
-from dispatcher.attempt import AttemptResult, delivery_headers, send, unix_seconds
+from dispatcher.attempt import AttemptRecord, run_attempt
 from dispatcher.clock import Clock, SystemClock
 from dispatcher.db.pool import DB_ERRORS
 from dispatcher.ids import format_delivery_id
+from dispatcher.liveness import Liveness
 from dispatcher.models import DeliveryStatus
-from dispatcher.policy import Dead, Disable, Done, Outcome, Retry, RetryPolicy
+from dispatcher.partitions import ensure_partitions
+from dispatcher.policy import Outcome, RetryPolicy, Verdict
 from dispatcher.queue import (
     Job,
     QueueLimits,
     Settlement,
+    TenantAllowance,
     claim,
+    expire_pending,
     next_due,
-    reclaim_expired,
+    reap,
     release,
     settle,
 )
@@ -49,7 +59,10 @@ class WorkerConfig:
     # how long finished attempts wait to be settled together (0: as soon as one is done)
     flush_interval_seconds: float = 0.002
     shutdown_grace_seconds: float = 10.0
-    reclaim_interval_seconds: float = 5.0
+    # how often the deliveries of dead workers are looked for (they are back within this)
+    reap_interval_seconds: float = 2.0
+    # a tenant's in-flight attempts on this worker: at most this share of its slots
+    tenant_share: float = 0.5
     allow_private_targets: bool = False
     signature_header: str = "X-Bjet24-Signature"
     limits: QueueLimits = field(default_factory=QueueLimits)
@@ -64,7 +77,7 @@ class WorkerConfig:
             poll_interval_seconds=s.poll_interval_seconds,
             shutdown_grace_seconds=s.shutdown_grace_seconds,
             flush_interval_seconds=s.settle_interval_seconds,
-            reclaim_interval_seconds=min(5.0, s.lease_seconds / 4),
+            tenant_share=s.tenant_share,
             allow_private_targets=s.allow_private_targets,
             signature_header=s.signature_header,
             limits=QueueLimits(
@@ -83,6 +96,11 @@ class WorkerConfig:
                 jitter=s.retry_jitter,
             ),
         )
+
+    @property
+    def tenant_slots(self) -> int:
+        """A tenant's most attempts at once on one worker (at least one)."""
+        return max(1, math.floor(self.concurrency * self.tenant_share))
 
 
 class Worker:
@@ -108,7 +126,11 @@ class Worker:
         self._closing = False
         self._wake_on_finish = True
         self._cursor = ""
-        self._max_age = timedelta(seconds=config.policy.max_age_seconds)
+        self._liveness = Liveness(pool)
+
+    @property
+    def worker_id(self) -> int | None:
+        return self._liveness.worker_id
 
     def wake(self) -> None:
         self._wake.set()
@@ -120,32 +142,55 @@ class Worker:
     # ---- one attempt ----------------------------------------------------------------------
 
     async def _attempt(self, job: Job) -> Settlement:
+        """Never raises (but cancellation): whatever fails becomes a recorded failed attempt."""
         started = self._clock.now()
-        if started >= job.age_origin + self._max_age:
-            return self._expired(job, started)
-        headers = delivery_headers(
-            event_id=job.event_id,
-            event_type=job.event_type,
-            attempt=job.attempt,
-            body=job.body,
-            secrets=job.secrets,
-            timestamp=unix_seconds(started),
-            signature_header=self._config.signature_header,
-            standard_webhooks=job.standard_webhooks,
-            signing=job.signing,
-        )
-        result = await send(
-            self._session,
-            url=job.url,
-            body=job.body,
-            headers=headers,
-            timeout_seconds=self._config.attempt_timeout_seconds,
-            allow_private=self._config.allow_private_targets,
-        )
-        return self._decide(job, started, result)
+        try:
+            early = self._config.policy.before_attempt(age_origin=job.age_origin, now=started)
+            if early is not None:
+                self._observe_expired(job)
+                return Settlement(job, None, early)
+            record = await run_attempt(
+                self._session,
+                job.request(),
+                started_at=started,
+                timeout_seconds=self._config.attempt_timeout_seconds,
+                allow_private=self._config.allow_private_targets,
+                signature_header=self._config.signature_header,
+            )
+        except Exception as exc:  # a bug outside the pipeline's own guards: still recorded
+            log.exception("delivery attempt failed internally")
+            record = AttemptRecord(
+                job.attempt,
+                started,
+                0.0,
+                Outcome.INTERNAL_ERROR,
+                None,
+                f"Internal: {type(exc).__name__}",
+                None,
+                None,
+            )
+        return self._decide(job, record)
 
-    def _expired(self, job: Job, now: datetime) -> Settlement:
-        """Claimed after its max age (an open circuit held it back): dead, and not sent."""
+    def _decide(self, job: Job, record: AttemptRecord) -> Settlement:
+        now = self._clock.now()
+        try:
+            verdict = self._config.policy.verdict(
+                outcome=record.outcome,
+                status_code=record.status_code,
+                attempt=job.schedule_attempt,
+                age_origin=job.age_origin,
+                now=now,
+                retry_after=record.retry_after,
+                rng=self._rng,
+            )
+        except Exception:
+            log.exception("retry policy failed; retrying after the base delay")
+            later = now + timedelta(seconds=self._config.policy.base_seconds)
+            verdict = Verdict(DeliveryStatus.PENDING, later)
+        self._observe(job, record, verdict, now)
+        return Settlement(job, record, verdict)
+
+    def _observe_expired(self, job: Job) -> None:
         metrics.DEAD_LETTERS.inc()
         log.info(
             "delivery expired before its attempt",
@@ -155,62 +200,17 @@ class Worker:
                 "endpoint_id": job.endpoint_id,
             },
         )
-        return Settlement(
-            job=job,
-            started_at=now,
-            duration_ms=0.0,
-            outcome="expired",
-            status_code=None,
-            error=None,
-            response_body=None,
-            status=DeliveryStatus.DEAD,
-            next_attempt_at=now,
-            succeeded=False,
-            attempted=False,
-        )
 
-    def _decide(self, job: Job, started: datetime, result: AttemptResult) -> Settlement:
-        now = self._clock.now()
-        decision = self._config.policy.decide(
-            outcome=result.outcome,
-            status_code=result.status_code,
-            attempt=job.schedule_attempt,
-            event_created_at=job.age_origin,
-            now=now,
-            retry_after=result.retry_after,
-            rng=self._rng,
-        )
-        status, next_at, disable = DeliveryStatus.DEAD, now, False
-        if isinstance(decision, Done):
-            status = DeliveryStatus.SUCCEEDED
-        elif isinstance(decision, Retry):
-            status, next_at = DeliveryStatus.PENDING, decision.at
-        elif isinstance(decision, Disable):
-            status, disable = DeliveryStatus.CANCELLED, True
-        self._observe(job, result, decision, now)
-        return Settlement(
-            job=job,
-            started_at=started,
-            duration_ms=result.duration_ms,
-            outcome=result.outcome.value,
-            status_code=result.status_code,
-            error=result.error,
-            response_body=result.response_body,
-            status=status,
-            next_attempt_at=next_at,
-            succeeded=result.outcome == Outcome.SUCCESS,
-            disable_endpoint=disable,
-        )
-
-    def _observe(self, job: Job, result: AttemptResult, decision: object, now: datetime) -> None:
-        metrics.DELIVERY_ATTEMPTS.labels(outcome=result.outcome.value).inc()
-        metrics.ATTEMPT_DURATION.observe(result.duration_ms / 1000)
-        if isinstance(decision, Done) and job.age_origin == job.event_created_at:
+    def _observe(self, job: Job, record: AttemptRecord, verdict: Verdict, now: datetime) -> None:
+        metrics.DELIVERY_ATTEMPTS.labels(outcome=record.outcome.value).inc()
+        metrics.ATTEMPT_DURATION.observe(record.duration_ms / 1000)
+        done = verdict.status == DeliveryStatus.SUCCEEDED
+        if done and job.age_origin == job.event_created_at:
             metrics.EVENT_LATENCY.observe(max((now - job.event_created_at).total_seconds(), 0))
-        elif isinstance(decision, Dead):
+        elif verdict.status == DeliveryStatus.DEAD:
             metrics.DEAD_LETTERS.inc()
         # every failure at INFO; successes at DEBUG (the attempts table keeps them all)
-        level = logging.DEBUG if isinstance(decision, Done) else logging.INFO
+        level = logging.DEBUG if done else logging.INFO
         if not log.isEnabledFor(level):
             return  # the hot path: no record built for a line nobody will read
         log.log(
@@ -221,10 +221,10 @@ class Worker:
                 "delivery_id": format_delivery_id(job.delivery_id),
                 "endpoint_id": job.endpoint_id,
                 "attempt": job.attempt,
-                "outcome": result.outcome.value,
-                "status_code": result.status_code,
-                "duration_ms": round(result.duration_ms, 2),
-                "error_class": result.error,
+                "outcome": record.outcome.value,
+                "status_code": record.status_code,
+                "duration_ms": round(record.duration_ms, 2),
+                "error_class": record.error,
             },
         )
 
@@ -233,22 +233,40 @@ class Worker:
     async def drain(self, max_rounds: int = 1000) -> int:
         """Send everything due now, settle it, repeat until nothing is due; for tests and tools."""
         total = 0
-        for _ in range(max_rounds):
-            now = self._clock.now()
-            async with self._pool.acquire() as conn:
-                await reclaim_expired(conn, now)
-                jobs = await claim(conn, now, self._config.concurrency, self._config.limits)
-            if not jobs:
-                break
-            settled = await asyncio.gather(*(self._attempt(j) for j in jobs))
-            async with self._pool.acquire() as conn:
-                total += await settle(conn, list(settled), self._clock.now(), self._config.limits)
+        worker_id = await self._liveness.register()
+        try:
+            for _ in range(max_rounds):
+                now = self._clock.now()
+                async with self._pool.acquire() as conn:
+                    await reap(conn, now)
+                    await self._expire(conn, now)
+                    jobs = await claim(
+                        conn,
+                        now,
+                        self._config.concurrency,
+                        self._config.limits,
+                        worker_id=worker_id,
+                    )
+                if not jobs:
+                    break
+                settled = await asyncio.gather(*(self._attempt(j) for j in jobs))
+                async with self._pool.acquire() as conn:
+                    total += await settle(
+                        conn, list(settled), self._clock.now(), self._config.limits
+                    )
+        finally:
+            await self._liveness.close()
         return total
 
     # ---- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Until stop(): claim and send; then finish or hand back in-flight work."""
+        await self._start()
+        helpers = [
+            asyncio.create_task(self._liveness.keep_alive(), name="worker-liveness"),
+            asyncio.create_task(self._housekeeping(), name="worker-housekeeping"),
+        ]
         flusher = asyncio.create_task(self._flush_loop(), name="worker-flush")
         try:
             await self._claim_loop()
@@ -257,16 +275,50 @@ class Worker:
             self._closing = True
             self._buffer_ready.set()
             await flusher
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._liveness.close()
+
+    async def _start(self) -> None:
+        """Register (retrying while the database is away) and make the coming days'
+        partitions."""
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self._liveness.register()
+                async with self._pool.acquire() as conn:
+                    await ensure_partitions(conn, self._clock.now())
+                return
+            except _DB_ERRORS as exc:
+                log.warning(
+                    "worker start failed; retrying", extra={"error_class": type(exc).__name__}
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _housekeeping(self) -> None:
+        """Every tick (2 s, or the poll interval if shorter): reap dead workers' deliveries and
+        dead-letter the pending ones past their max age; hourly, make partitions ahead. Wakes
+        the claim loop only when it gave it something to do."""
+        loop = asyncio.get_running_loop()
+        tick = min(self._config.reap_interval_seconds, self._config.poll_interval_seconds)
+        last_partitions = loop.time()
+        while True:
+            await asyncio.sleep(tick)
+            if await self._reap():
+                self._wake.set()
+            await self._expire_safely()
+            if loop.time() - last_partitions >= 3600:
+                last_partitions = loop.time()
+                await self._ensure_partitions()
 
     async def _claim_loop(self) -> None:
-        last_reclaim = 0.0
-        loop = asyncio.get_running_loop()
         # claim in worthwhile batches: one query per freed slot would cost more than the POST
         min_claim = max(1, min(self._config.batch_size, self._config.concurrency) // 4)
+        await self._reap()  # a restarted process takes back what its previous life held
+        await self._expire_safely()
         while not self._stopping.is_set():
-            if loop.time() - last_reclaim >= self._config.reclaim_interval_seconds:
-                last_reclaim = loop.time()
-                await self._reclaim()
             free = self._config.concurrency - len(self._tasks)
             want = min(free, self._config.batch_size)
             # A finished attempt frees a local slot, worth a claim right away, unless the last
@@ -310,10 +362,28 @@ class Worker:
         # due already but not claimable (endpoint at its cap, elsewhere): a settle frees it
         return min(longest, wait) if wait > 0 else min(longest, 0.25)
 
+    def _allowance(self) -> TenantAllowance:
+        """Each tenant's room on this worker: its fair share minus what it has in flight."""
+        cap = self._config.tenant_slots
+        busy = Counter(job.tenant_id for job in self._tasks.values())
+        return TenantAllowance(cap, {t: max(cap - n, 0) for t, n in busy.items()})
+
     async def _claim(self, want: int) -> list[Job]:
+        worker_id = self._liveness.worker_id
+        if worker_id is None:  # re-registering after a lost session: claim nothing meanwhile
+            await asyncio.sleep(0.5)
+            return []
         try:
             async with self._pool.acquire() as conn:
-                jobs = await claim(conn, self._clock.now(), want, self._config.limits, self._cursor)
+                jobs = await claim(
+                    conn,
+                    self._clock.now(),
+                    want,
+                    self._config.limits,
+                    self._cursor,
+                    worker_id=worker_id,
+                    allowance=self._allowance(),
+                )
             if jobs:  # the next claim's walk over endpoints starts after the last one served
                 self._cursor = max(j.endpoint_id for j in jobs)
             return jobs
@@ -322,14 +392,37 @@ class Worker:
             await asyncio.sleep(0.5)
             return []
 
-    async def _reclaim(self) -> None:
+    async def _reap(self) -> int:
         try:
             async with self._pool.acquire() as conn:
-                count = await reclaim_expired(conn, self._clock.now())
+                count = await reap(conn, self._clock.now())
             if count:
-                log.warning(f"reclaimed {count} deliveries from expired leases")
+                log.warning(f"took back {count} deliveries from dead workers or expired leases")
+            return count
         except _DB_ERRORS as exc:
-            log.warning("lease reclaim failed", extra={"error_class": type(exc).__name__})
+            log.warning("reaping failed", extra={"error_class": type(exc).__name__})
+            return 0
+
+    async def _expire(self, conn: asyncpg.Connection, now: datetime) -> int:
+        count = await expire_pending(conn, now, self._config.policy.max_age_seconds)
+        if count:
+            metrics.DEAD_LETTERS.inc(count)
+            log.info(f"dead-lettered {count} pending deliveries past their max age")
+        return count
+
+    async def _expire_safely(self) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await self._expire(conn, self._clock.now())
+        except _DB_ERRORS as exc:
+            log.warning("dead-lettering failed", extra={"error_class": type(exc).__name__})
+
+    async def _ensure_partitions(self) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await ensure_partitions(conn, self._clock.now())
+        except _DB_ERRORS as exc:
+            log.warning("creating partitions failed", extra={"error_class": type(exc).__name__})
 
     async def _run_job(self, job: Job) -> None:
         try:

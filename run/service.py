@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,7 @@ from dispatcher.gauges import refresh_gauges_forever
 from dispatcher.http_server import api_runner
 from dispatcher.listener import Listener
 from dispatcher.maintenance import maintain_forever
+from dispatcher.partitions import ensure_partitions
 from dispatcher.sender import delivery_session
 from dispatcher.settings import Settings
 from dispatcher.store.secrets import load_keyring, reseal_legacy
@@ -44,6 +46,9 @@ async def prepare_database(
     sealed = await reseal_legacy(conn, keyring)
     if sealed:
         log.info(f"sealed {sealed} secret values written before encryption at rest")
+    created = await ensure_partitions(conn, datetime.now(UTC))
+    if created:
+        log.info(f"created partitions: {', '.join(created)}")
 
 
 @contextlib.asynccontextmanager

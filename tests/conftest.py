@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from dispatcher import sealing
+from dispatcher import partitions, sealing
 from dispatcher.clock import FakeClock
 from dispatcher.db.embedded import embedded_postgres
 from dispatcher.db.migrate import migrate
@@ -71,6 +71,7 @@ async def pool(migrated_pool: asyncpg.Pool) -> asyncpg.Pool:
         )
         names = ", ".join(f'"{r["tablename"]}"' for r in tables)
         await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    partitions.forget()  # a test (retention) may have dropped some
     return migrated_pool
 
 

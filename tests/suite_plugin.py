@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests import secret_scan
+from tests.deadlock_scan import find_deadlocks
 from tests.figures import FIGURES, Recorder
 
 LONG_ENV = "DISPATCHER_LONG_FAULTS"
@@ -60,6 +61,7 @@ class SuitePlugin:
         self.handler: secret_scan.CaptureHandler | None = None
         self.report: secret_scan.ScanReport | None = None
         self.basetemp: Path | None = None
+        self.deadlocks: list[str] = []
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -92,7 +94,9 @@ class SuitePlugin:
         )
         FIGURES.run["logs_scanned"] = {"files": self.report.files, "lines": self.report.lines}
         FIGURES.run["secrets_in_logs"] = len(self.report.findings)
-        if self.report.findings and session.exitstatus == 0:
+        self.deadlocks = find_deadlocks(secret_scan.log_files(self.basetemp))
+        FIGURES.run["deadlocks_in_logs"] = len(self.deadlocks)
+        if (self.report.findings or self.deadlocks) and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         FIGURES.run["tests_collected"] = session.testscollected
         FIGURES.run["tests_failed"] = session.testsfailed
@@ -120,3 +124,9 @@ class SuitePlugin:
                 tr.line(f"  {finding}", red=True)
         else:
             tr.line(f"secret scan: no secret in {scanned}")
+        if self.deadlocks:
+            tr.section("deadlock scan FAILED", red=True)
+            for line in self.deadlocks[:50]:
+                tr.line(f"  {line}", red=True)
+        else:
+            tr.line(f"deadlock scan: no deadlock in {scanned}")

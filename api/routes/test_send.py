@@ -1,8 +1,8 @@
 """POST /v1/webhooks/{id}/test: one signed event sent now, and how the endpoint answered.
 
 Decisions:
-- The request is built exactly as a real delivery's (canonical body, `delivery_headers`
-  with every active secret, the configured signature header, Standard Webhooks when the
+- The request goes through the same attempt pipeline as a real delivery's (`run_attempt`:
+  canonical body, every active secret, the configured signature header, Standard Webhooks when the
   endpoint opted in, `X-Delivery-Attempt: 1`), and sent with the same attempt timeout and
   SSRF rules, so a passing test means real deliveries will pass too.
 - The event gets a fresh `evt_` id and occurred_at = now. It is not stored: no event, no
@@ -32,7 +32,7 @@ from api.limits import ConcurrencyCap
 from api.openapi import operation
 from api.responses import json_response, parse_optional
 from dispatcher import ids
-from dispatcher.attempt import delivery_headers, send, unix_seconds
+from dispatcher.attempt import AttemptRequest, run_attempt
 from dispatcher.errors import Conflict, NotFound
 from dispatcher.events import event_body
 from dispatcher.models import Endpoint, Principal
@@ -106,25 +106,24 @@ async def _send_test(request: web.Request, owner: Principal) -> web.Response:
     event_id = ids.event_id()
     data = spec.data if spec.data is not None else sample_data(spec.event_type, endpoint)
     body = event_body(event_id, spec.event_type, now, data)
-    headers = delivery_headers(
-        event_id=event_id,
-        event_type=spec.event_type,
-        attempt=1,
-        body=body,
-        secrets=secrets,
-        timestamp=unix_seconds(now),
-        signature_header=config.signature_header,
-        standard_webhooks=endpoint.standard_webhooks,
-        signing=endpoint.signing,
+    attempt = AttemptRequest(
+        event_id,
+        spec.event_type,
+        1,
+        body,
+        endpoint.url,
+        secrets,
+        endpoint.standard_webhooks,
+        endpoint.signing,
     )
     session: aiohttp.ClientSession = request.app[SERVICES][TEST_SESSION]
-    result = await send(
+    result = await run_attempt(
         session,
-        url=endpoint.url,
-        body=body,
-        headers=headers,
+        attempt,
+        started_at=now,
         timeout_seconds=config.attempt_timeout_seconds,
         allow_private=config.allow_private_targets,
+        signature_header=config.signature_header,
     )
     log.info(
         "test event sent",

@@ -188,8 +188,10 @@ LIMIT $5
 # $1 id, $2 tenant_id, $3 environment, $4 url, $5 description, $6 event_types, $7 enabled,
 # $8 metadata, $9 standard_webhooks, $10 updated_at. NULL keeps the column as it is, except
 # description, which $11 (true) clears. A new url ($4, without credentials) replaces the
-# sealed credentials too ($12, NULL when it has none).
+# sealed credentials too ($12, NULL when it has none). Enabling gives the endpoint a fresh
+# failure streak.
 UPDATE_ENDPOINT = f"""
+WITH updated AS (
 UPDATE endpoints SET
     url = COALESCE($4, url),
     url_credentials = CASE WHEN $4 IS NULL THEN url_credentials ELSE $12 END,
@@ -198,13 +200,17 @@ UPDATE endpoints SET
     enabled = COALESCE($7, enabled),
     disabled_reason = CASE WHEN $7 IS NULL THEN disabled_reason
                            WHEN $7 THEN NULL ELSE 'disabled by tenant' END,
-    consecutive_failures = CASE WHEN $7 THEN 0 ELSE consecutive_failures END,
-    circuit_open_until = CASE WHEN $7 THEN NULL ELSE circuit_open_until END,
     metadata = COALESCE($8, metadata),
     standard_webhooks = COALESCE($9, standard_webhooks),
     updated_at = $10
 WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND deleted_at IS NULL
 RETURNING {ENDPOINT_COLUMNS}
+),
+fresh AS (
+    UPDATE endpoint_state s SET consecutive_failures = 0, circuit_open_until = NULL
+    FROM updated u WHERE s.endpoint_id = u.id AND $7
+)
+SELECT * FROM updated
 """
 
 # $1 id, $2 tenant_id, $3 environment, $4 deleted_at -> the row stays for the delivery
@@ -228,10 +234,19 @@ GET_ENDPOINT_CURSOR = """
 SELECT created_at, id FROM endpoints WHERE id = $1 AND tenant_id = $2 AND environment = $3
 """
 
-# $1 endpoint_id, $2 completed_at -> cancels what has not been sent yet
+# $1 endpoint_id, $2 completed_at -> cancels what has not been sent yet: out of the queue, into
+# the history (lock LOCK_ENDPOINT_STATE first, in the same transaction)
 CANCEL_PENDING_DELIVERIES = """
-UPDATE deliveries SET status = 'cancelled', completed_at = $2, next_attempt_at = $2
-WHERE endpoint_id = $1 AND status = 'pending'
+WITH cancelled AS (
+    DELETE FROM delivery_queue q WHERE q.endpoint_id = $1 AND q.worker_id IS NULL
+    RETURNING q.*
+)
+INSERT INTO delivery_outcomes (id, generation, status, attempts, endpoint_id, event_id,
+                               created_at, completed_at, replayed_at,
+                               last_status_code, last_outcome)
+SELECT id, generation, 'cancelled', attempts, endpoint_id, event_id, created_at, $2,
+       replayed_at, last_status_code, last_outcome
+FROM cancelled
 """
 
 # $1 endpoint_id, $2 reason, $3 updated_at
@@ -243,10 +258,10 @@ WHERE id = $1 AND deleted_at IS NULL
 # $1 endpoint_id -> its live delivery counters and the number of deliveries waiting
 # (pending: due or scheduled for a retry), counted on the endpoint's own queue index
 ENDPOINT_DELIVERY_STATE = """
-SELECT e.in_flight, e.consecutive_failures, e.circuit_open_until,
-       (SELECT count(*)::int FROM deliveries d
-        WHERE d.endpoint_id = e.id AND d.status = 'pending') AS pending
-FROM endpoints e WHERE e.id = $1
+SELECT s.in_flight, s.consecutive_failures, s.circuit_open_until,
+       (SELECT count(*)::int FROM delivery_queue d
+        WHERE d.endpoint_id = s.endpoint_id AND d.worker_id IS NULL) AS pending
+FROM endpoint_state s WHERE s.endpoint_id = $1
 """
 
 # ---- endpoint secrets ---------------------------------------------------------------------
@@ -301,12 +316,10 @@ SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT unnest($1::bigint[]) AS k 
 
 # $1 tenant_ids, $2 environments, $3 mailing_ids (parallel arrays) -> their current status
 CURRENT_MAILINGS = """
-SELECT m.tenant_id, m.environment, m.mailing_id, m.status, m.mail_type, m.last_event_id,
-       e.event_type AS last_event_type
+SELECT m.tenant_id, m.environment, m.mailing_id, m.status, m.mail_type, m.last_event_id
 FROM mailings m
 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (tenant_id, environment, mailing_id)
   ON m.tenant_id = k.tenant_id AND m.environment = k.environment AND m.mailing_id = k.mailing_id
-JOIN events e ON e.id = m.last_event_id
 """
 
 # ---- usage counters (GET /internal/v1/tenants/{id}/usage) ----------------------------------
@@ -386,13 +399,16 @@ mailings_now AS (
         last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
 ),
 fanned AS (
-    INSERT INTO deliveries (event_id, endpoint_id, next_attempt_at, created_at)
-    SELECT ev.id, ep.id, GREATEST($8, COALESCE(ep.circuit_open_until, $8)), $8
+    INSERT INTO delivery_queue (endpoint_id, tenant_id, event_id, event_created_at, created_at,
+                                next_attempt_at, age_origin)
+    SELECT ep.id, ev.tenant_id, ev.id, $8, $8,
+           GREATEST($8, COALESCE(st.circuit_open_until, $8)), $8
     FROM new_events ev
     JOIN endpoints ep
       ON ep.tenant_id = ev.tenant_id AND ep.environment = ev.environment
      AND ep.enabled AND ep.deleted_at IS NULL
      AND ep.event_types && ARRAY['*', split_part(ev.event_type, '.', 1) || '.*', ev.event_type]
+    LEFT JOIN endpoint_state st ON st.endpoint_id = ep.id
     RETURNING 1
 ),"""
     + USAGE_EVENTS_CTE.format(now="$8")
@@ -407,32 +423,37 @@ FROM created
 NOTIFY_DELIVERIES = "SELECT pg_notify('dispatcher_deliveries', '')"
 
 # ---- the delivery queue -------------------------------------------------------------------
+# Lock order (docs/architecture.md): endpoint_state rows in endpoint id order, then queue rows
+# (the claim, the reaper and the expiry sweep only ever SKIP LOCKED on queue rows), then
+# history inserts. Nothing takes endpoint_state after a queue row it waits for.
 
 # $1 now, $2 endpoints visited at most, $3 batch size, $4 per-endpoint cap, $5 breaker
-# threshold, $6 lease expiry, $7 endpoint id to start after ('' for the first). Walks the
-# endpoints that have pending work (a loose index scan, in id order after $7 and then from the
-# start up to $7, so successive claims rotate over all of them), keeps those with something due that are below their cap
-# and not behind an open circuit, oldest head first, and takes each one's due deliveries from
-# its own index range, a fair share of the batch each: the backlog of a saturated endpoint is
-# never walked past. Endpoints of suspended or deleted tenants are skipped (their work
-# waits). The endpoint rows are locked in id order, so the cap is exact across workers.
-# Returns everything a worker needs to send.
+# threshold, $6 lease expiry, $7 endpoint id to start after ('' for the first), $8 the claiming
+# worker's id, $9 tenants with a reduced allowance, $10 their allowance (parallel arrays),
+# $11 the allowance of every other tenant (its fair share of this worker's slots).
+# Walks the endpoints that have pending work (a loose index scan, in id order after $7 and then
+# from the start up to $7, so successive claims rotate over all of them), keeps those with
+# something due that are below their cap and not behind an open circuit, oldest head first,
+# and takes each one's due deliveries from its own index range, a fair share of the batch
+# each: the backlog of a saturated endpoint is never walked past. endpoint_state rows are
+# locked in id order, so the cap is exact across workers. Endpoints of suspended or
+# deleted tenants are skipped (their work waits). Returns everything needed to send.
 CLAIM_DELIVERIES = """
 WITH RECURSIVE pending_endpoints (id, n) AS (
-    (SELECT endpoint_id, 1 FROM deliveries
-     WHERE status = 'pending' AND endpoint_id > $7 ORDER BY endpoint_id LIMIT 1)
+    (SELECT endpoint_id, 1 FROM delivery_queue
+     WHERE worker_id IS NULL AND endpoint_id > $7 ORDER BY endpoint_id LIMIT 1)
     UNION ALL
-    SELECT (SELECT d.endpoint_id FROM deliveries d
-            WHERE d.status = 'pending' AND d.endpoint_id > p.id
+    SELECT (SELECT d.endpoint_id FROM delivery_queue d
+            WHERE d.worker_id IS NULL AND d.endpoint_id > p.id
             ORDER BY d.endpoint_id LIMIT 1), p.n + 1
     FROM pending_endpoints p WHERE p.id IS NOT NULL AND p.n < $2
 ),
 wrapped_endpoints (id, n) AS (
-    (SELECT endpoint_id, 1 FROM deliveries
-     WHERE status = 'pending' AND endpoint_id <= $7 ORDER BY endpoint_id LIMIT 1)
+    (SELECT endpoint_id, 1 FROM delivery_queue
+     WHERE worker_id IS NULL AND endpoint_id <= $7 ORDER BY endpoint_id LIMIT 1)
     UNION ALL
-    SELECT (SELECT d.endpoint_id FROM deliveries d
-            WHERE d.status = 'pending' AND d.endpoint_id > w.id AND d.endpoint_id <= $7
+    SELECT (SELECT d.endpoint_id FROM delivery_queue d
+            WHERE d.worker_id IS NULL AND d.endpoint_id > w.id AND d.endpoint_id <= $7
             ORDER BY d.endpoint_id LIMIT 1), w.n + 1
     FROM wrapped_endpoints w WHERE w.id IS NOT NULL AND w.n < $2
 ),
@@ -442,214 +463,212 @@ visited AS (
     SELECT id FROM wrapped_endpoints WHERE id IS NOT NULL
 ),
 heads AS (
-    SELECT p.id, h.head
+    SELECT p.id, h.head, h.tenant_id
     FROM visited p
-    CROSS JOIN LATERAL (SELECT d.next_attempt_at AS head FROM deliveries d
-                        WHERE d.status = 'pending' AND d.endpoint_id = p.id
+    CROSS JOIN LATERAL (SELECT d.next_attempt_at AS head, d.tenant_id FROM delivery_queue d
+                        WHERE d.worker_id IS NULL AND d.endpoint_id = p.id
                         ORDER BY d.next_attempt_at LIMIT 1) h
-    WHERE h.head <= $1
+    LEFT JOIN unnest($9::text[], $10::int[]) AS t (tenant_id, allowance)
+      ON t.tenant_id = h.tenant_id
+    WHERE h.head <= $1 AND COALESCE(t.allowance, $11) > 0
 ),
 candidates AS (
     SELECT heads.id FROM heads
-    JOIN endpoints e ON e.id = heads.id
+    JOIN endpoint_state s ON s.endpoint_id = heads.id
     -- the tenant filter: a suspended or deleted tenant's deliveries wait unsent
-    JOIN tenants t ON t.id = e.tenant_id AND t.suspended_at IS NULL AND t.deleted_at IS NULL
-    WHERE e.in_flight < CASE WHEN e.consecutive_failures >= $5 THEN 1 ELSE $4 END
-      AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1)
+    JOIN tenants t ON t.id = heads.tenant_id AND t.suspended_at IS NULL AND t.deleted_at IS NULL
+    WHERE s.in_flight < CASE WHEN s.consecutive_failures >= $5 THEN 1 ELSE $4 END
+      AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= $1)
     ORDER BY heads.head
     LIMIT $3
 ),
 room AS (
-    SELECT e.id,
-           CASE WHEN e.consecutive_failures >= $5 THEN 1 ELSE $4 END - e.in_flight AS free
-    FROM endpoints e
-    WHERE e.id IN (SELECT id FROM candidates)
-      AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1)
-    ORDER BY e.id
-    FOR UPDATE
+    SELECT s.endpoint_id AS id,
+           CASE WHEN s.consecutive_failures >= $5 THEN 1 ELSE $4 END - s.in_flight AS free
+    FROM endpoint_state s
+    WHERE s.endpoint_id IN (SELECT id FROM candidates)
+      AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= $1)
+    ORDER BY s.endpoint_id
+    FOR NO KEY UPDATE
 ),
 share AS (
     SELECT ceil($3::float8 / GREATEST(count(*), 1))::int AS each FROM room
 ),
-picked AS (
-    SELECT d.id, d.endpoint_id
+locked AS (
+    SELECT d.id, d.endpoint_id, d.tenant_id, d.next_attempt_at
     FROM room
     CROSS JOIN share
-    CROSS JOIN LATERAL (SELECT d.id, d.endpoint_id, d.next_attempt_at FROM deliveries d
-                        WHERE d.status = 'pending' AND d.endpoint_id = room.id
+    CROSS JOIN LATERAL (SELECT d.id, d.endpoint_id, d.tenant_id, d.next_attempt_at
+                        FROM delivery_queue d
+                        WHERE d.worker_id IS NULL AND d.endpoint_id = room.id
                           AND d.next_attempt_at <= $1
                         ORDER BY d.next_attempt_at, d.id
                         LIMIT LEAST(GREATEST(room.free, 0), share.each)
                         FOR UPDATE SKIP LOCKED) d
-    ORDER BY d.next_attempt_at, d.id
+),
+picked AS (
+    -- per-tenant conditions go here: the fair share of this worker's slots (and, e.g., a
+    -- suspended tenant's allowance of 0)
+    SELECT r.id, r.endpoint_id
+    FROM (SELECT l.*, row_number() OVER (PARTITION BY l.tenant_id
+                                         ORDER BY l.next_attempt_at, l.id) AS k
+          FROM locked l) r
+    LEFT JOIN unnest($9::text[], $10::int[]) AS t (tenant_id, allowance)
+      ON t.tenant_id = r.tenant_id
+    WHERE r.k <= COALESCE(t.allowance, $11)
+    ORDER BY r.next_attempt_at, r.id
     LIMIT $3
 ),
 counted AS (
-    UPDATE endpoints e SET in_flight = e.in_flight + p.n
+    UPDATE endpoint_state s SET in_flight = s.in_flight + p.n
     FROM (SELECT endpoint_id, count(*) AS n FROM picked GROUP BY endpoint_id) p
-    WHERE e.id = p.endpoint_id
+    WHERE s.endpoint_id = p.endpoint_id
 ),
 claimed AS (
-    UPDATE deliveries d
-    SET status = 'in_flight', attempts = d.attempts + 1, lease_expires_at = $6
+    UPDATE delivery_queue d
+    SET worker_id = $8, attempts = d.attempts + 1, lease_expires_at = $6
     FROM picked
     WHERE d.id = picked.id
-    RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.replayed_at, d.attempts_before_replay
+    RETURNING d.id, d.event_id, d.event_created_at, d.endpoint_id, d.tenant_id, d.attempts,
+              d.age_origin, d.attempts_before_replay
 )
-SELECT c.id, c.event_id, c.endpoint_id, c.attempts, ev.event_type, ev.created_at AS event_created_at,
-       COALESCE(c.replayed_at, ev.created_at) AS age_origin,
-       c.attempts - c.attempts_before_replay AS schedule_attempt,
-       ev.body, ep.url, ep.url_credentials, ep.standard_webhooks, ep.signing,
-       ep.tenant_id, ep.environment,
+SELECT c.id, c.event_id, c.endpoint_id, c.tenant_id, c.attempts, ev.event_type,
+       c.event_created_at, c.age_origin, c.attempts - c.attempts_before_replay AS schedule_attempt,
+       ev.body, ep.url, ep.url_credentials, ep.standard_webhooks, ep.signing, ep.environment,
        ARRAY(SELECT s.secret FROM endpoint_secrets s
              WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)
              ORDER BY s.created_at, s.id) AS secrets
 FROM claimed c
-JOIN events ev ON ev.id = c.event_id
+JOIN events ev ON ev.id = c.event_id AND ev.created_at = c.event_created_at
 JOIN endpoints ep ON ep.id = c.endpoint_id
 """
 
-# Settles a batch of attempts in ONE statement (one round trip, no transaction held open by
-# the busy worker): records the attempts, moves the deliveries on (fenced by attempt number:
-# a lease reclaimed meanwhile has a newer one), frees the endpoints' slots (locked in id
-# order, like the claim, so the two never deadlock), updates their failure streaks, opens
-# circuits, and postpones the backlog of endpoints whose circuit just opened.
-# Attempts: $1 delivery_ids, $2 attempt numbers, $3 started_ats, $4 durations_ms, $5 outcomes,
-#   $6 status_codes, $7 errors, $8 response bodies (only the attempts actually made).
-# Deliveries: $9 ids, $10 attempt numbers, $11 new statuses, $12 next_attempt_ats,
-#   $13 completed_ats, $14 status codes, $15 outcomes.
-# Endpoints: $16 ids, $17 reset (a success came last), $18 failures after the last success.
-# $19 now, $20 breaker threshold, $21 base open seconds, $22 max open seconds.
+# Settles a batch of attempts in ONE call (one round trip, no transaction held open by the
+# busy worker); dispatcher_settle (migration 004) takes its locks in the documented order,
+# then the usage counters are bumped (usage_daily rows come last in the lock order).
+# Attempts: $3 delivery_ids, $4 attempt numbers, $5 started_ats, $6 durations_ms, $7 outcomes,
+#   $8 status_codes, $9 errors, $10 response bodies (only the attempts actually made).
+# Deliveries: $11 ids, $12 attempt numbers, $13 new statuses, $14 next_attempt_ats,
+#   $15 status codes, $16 outcomes. Fenced: only rows still held by worker $1 at that attempt.
+# Endpoints: $17 ids, $18 reset (a success came last), $19 failures after the last success.
+# $2 now, $20 breaker threshold, $21 base open seconds, $22 max open seconds.
 # Usage: $23..$27, see USAGE_SETTLED_CTE.
-# -> the number of deliveries settled (a lease reclaimed meanwhile is not)
+# -> the number of deliveries settled (one taken back from a worker declared dead is not)
 SETTLE = (
-    """
-WITH streaks AS (
-    SELECT p.id, p.reset, p.fails,
-           CASE WHEN p.reset THEN p.fails ELSE e.consecutive_failures + p.fails END AS failures
-    FROM unnest($16::text[], $17::bool[], $18::int[]) AS p (id, reset, fails)
-    JOIN endpoints e ON e.id = p.id
-),
-opened AS (
-    SELECT id, CASE WHEN failures >= $20::int
-                    THEN $19::timestamptz + make_interval(secs => LEAST(
-                         $21::float8 * power(2, LEAST(failures - $20::int, 20)), $22::float8))
-               END AS until
-    FROM streaks
-),
-recorded AS (
-    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status_code,
-                          error, response_body)
-    SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::float8[], $5::text[],
-                         $6::int[], $7::text[], $8::text[])
-),
-settled AS (
-    UPDATE deliveries d
-    SET status = u.status,
-        next_attempt_at = CASE WHEN u.status = 'pending'
-            THEN GREATEST(u.next_at, COALESCE((SELECT o.until FROM opened o
-                                               WHERE o.id = d.endpoint_id), u.next_at))
-            ELSE u.next_at END,
-        completed_at = u.completed_at, lease_expires_at = NULL,
-        last_status_code = u.code, last_outcome = u.outcome
-    FROM unnest($9::bigint[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[],
-                $14::int[], $15::text[]) AS u (id, attempt, status, next_at, completed_at, code, outcome)
-    WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt
-    RETURNING d.endpoint_id
-),"""
-    + USAGE_SETTLED_CTE.format(now="$19", after="")
-    + """,
-released AS (
-    SELECT endpoint_id, count(*)::int AS n FROM settled GROUP BY endpoint_id
-),
-locked AS (
-    SELECT e.id FROM endpoints e WHERE e.id IN (SELECT id FROM streaks) ORDER BY e.id FOR UPDATE
-),
-streak AS (
-    UPDATE endpoints e
-    -- from the row as locked (re-read under the lock), not the snapshot: no lost streak
-    SET in_flight = GREATEST(e.in_flight - COALESCE(r.n, 0), 0),
-        consecutive_failures = CASE WHEN s.reset THEN s.fails
-                                    ELSE e.consecutive_failures + s.fails END,
-        circuit_open_until = CASE
-            WHEN (CASE WHEN s.reset THEN s.fails ELSE e.consecutive_failures + s.fails END)
-                 >= $20::int
-            THEN $19::timestamptz + make_interval(secs => LEAST($21::float8 * power(2, LEAST(
-                 (CASE WHEN s.reset THEN s.fails ELSE e.consecutive_failures + s.fails END)
-                 - $20::int, 20)), $22::float8))
-            END
-    FROM streaks s
-    JOIN locked l ON l.id = s.id
-    LEFT JOIN released r ON r.endpoint_id = s.id
-    WHERE e.id = s.id
-    RETURNING e.id, e.circuit_open_until
-),
-postponed AS (
-    UPDATE deliveries d SET next_attempt_at = s.circuit_open_until
-    FROM streak s
-    WHERE s.circuit_open_until IS NOT NULL AND d.endpoint_id = s.id
-      AND d.status = 'pending' AND d.next_attempt_at < s.circuit_open_until
-)
-SELECT count(*)::int AS settled FROM settled
+    "WITH "
+    + USAGE_SETTLED_CTE.format(now="$2", after="")
+    + """
+SELECT dispatcher_settle($1, $2, $3::bigint[], $4::int[], $5::timestamptz[], $6::float8[],
+                         $7::text[], $8::int[], $9::text[], $10::text[], $11::bigint[],
+                         $12::int[], $13::text[], $14::timestamptz[], $15::int[], $16::text[],
+                         $17::text[], $18::bool[], $19::int[], $20::int, $21::float8, $22::float8)
 """
 )
 
-# $1 endpoint_ids -> locks them in id order before their counters change
-LOCK_ENDPOINTS = "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+# $1 endpoint_ids -> locks their delivery state in id order (first in the lock order)
+LOCK_ENDPOINT_STATE = """
+SELECT endpoint_id FROM endpoint_state WHERE endpoint_id = ANY($1::text[])
+ORDER BY endpoint_id FOR NO KEY UPDATE
+"""
 
-# $1 delivery_ids, $2 attempts -> hands unsent work back (shutdown); the attempt did not happen
+# $1 delivery_ids, $2 attempts, $3 worker id -> hands unsent work back (shutdown); the attempt
+# did not happen
 RELEASE_DELIVERIES = """
-UPDATE deliveries d
-SET status = 'pending', lease_expires_at = NULL, attempts = d.attempts - 1
+UPDATE delivery_queue d
+SET worker_id = NULL, lease_expires_at = NULL, attempts = d.attempts - 1
 FROM unnest($1::bigint[], $2::int[]) AS u (id, attempt)
-WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt
+WHERE d.id = u.id AND d.worker_id = $3 AND d.attempts = u.attempt
 RETURNING d.id, d.endpoint_id
-"""
-
-# $1 now, $2 limit -> leases of crashed workers back to pending, and their endpoints' counters
-RECLAIM_EXPIRED = """
-WITH expired AS (
-    UPDATE deliveries d SET status = 'pending', lease_expires_at = NULL, next_attempt_at = $1
-    WHERE d.id = ANY (ARRAY(
-        SELECT id FROM deliveries
-        WHERE status = 'in_flight' AND lease_expires_at < $1
-        ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
-    RETURNING d.endpoint_id
-)
-SELECT endpoint_id, count(*)::int AS n FROM expired GROUP BY endpoint_id ORDER BY endpoint_id
 """
 
 # $1 endpoint_ids, $2 counts
 RELEASE_ENDPOINT_SLOTS = """
-UPDATE endpoints e SET in_flight = GREATEST(e.in_flight - u.n, 0)
+UPDATE endpoint_state s SET in_flight = GREATEST(s.in_flight - u.n, 0)
 FROM unnest($1::text[], $2::int[]) AS u (id, n)
-WHERE e.id = u.id
+WHERE s.endpoint_id = u.id
+"""
+
+# $1 now, $2 limit -> deliveries of dead workers and expired leases back to pending, their
+# endpoints' slots freed; per endpoint, how many
+REAP = "SELECT endpoint_id, n FROM dispatcher_reap($1, $2)"
+
+# $1 now, $2 oldest max-age origin still alive, $3 limit -> pending deliveries past their max
+# age become dead letters, whatever their endpoint's state (circuit open, at its cap,
+# disabled); -> how many
+EXPIRE_PENDING = """
+WITH expired AS (
+    DELETE FROM delivery_queue q
+    WHERE q.id = ANY (ARRAY(
+        SELECT id FROM delivery_queue
+        WHERE worker_id IS NULL AND age_origin <= $2
+        ORDER BY age_origin LIMIT $3 FOR UPDATE SKIP LOCKED))
+    RETURNING q.*
+),
+logged AS (
+    INSERT INTO delivery_outcomes (id, generation, status, attempts, endpoint_id, event_id,
+                                   created_at, completed_at, replayed_at,
+                                   last_status_code, last_outcome)
+    SELECT id, generation, 'dead', attempts, endpoint_id, event_id, created_at,
+           $1, replayed_at, last_status_code, COALESCE(last_outcome, 'expired')
+    FROM expired
+)
+SELECT count(*)::int FROM expired
 """
 
 # -> when the next pending delivery falls due (NULL when the queue is empty)
-NEXT_DUE = "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+NEXT_DUE = "SELECT min(next_attempt_at) FROM delivery_queue WHERE worker_id IS NULL"
+
+# ---- worker liveness ----------------------------------------------------------------------
+
+# $1 host, $2 pid, $3 started_at -> the worker's id; run in one transaction with LOCK_WORKER
+REGISTER_WORKER = """
+INSERT INTO workers (host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $3) RETURNING id
+"""
+
+# $1 worker id -> held by the worker's session for as long as it lives
+LOCK_WORKER = "SELECT pg_advisory_lock(7301, ($1::bigint % 2147483647)::int)"
+
+# $1 worker id -> the last sign of life (for operators; the lock decides liveness)
+HEARTBEAT = "UPDATE workers SET heartbeat_at = clock_timestamp() WHERE id = $1"
+
+# $1 worker id -> a worker stopping cleanly says goodbye
+UNREGISTER_WORKER = """
+WITH gone AS (DELETE FROM workers WHERE id = $1)
+SELECT pg_advisory_unlock(7301, ($1::bigint % 2147483647)::int)
+"""
 
 # ---- gauges -------------------------------------------------------------------------------
 
-# -> pending count (capped, so a huge backlog costs a bounded index scan) and the oldest one
+# -> live deliveries (capped, so a huge backlog costs a bounded index scan) and the oldest one
 BACKLOG_GAUGES = """
-SELECT (SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE status IN ('pending', 'in_flight')
-                              LIMIT 1000000) s) AS pending,
-       (SELECT min(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight')) AS oldest
+SELECT (SELECT count(*) FROM (SELECT 1 FROM delivery_queue LIMIT 1000000) s) AS pending,
+       (SELECT min(created_at) FROM delivery_queue) AS oldest
 """
 
 # $1 now -> endpoints by state
 ENDPOINT_STATE_COUNTS = """
-SELECT CASE WHEN NOT enabled THEN 'disabled'
-            WHEN circuit_open_until > $1 THEN 'circuit_open'
+SELECT CASE WHEN NOT e.enabled THEN 'disabled'
+            WHEN s.circuit_open_until > $1 THEN 'circuit_open'
             ELSE 'enabled' END AS state,
        count(*)::int AS n
-FROM endpoints WHERE deleted_at IS NULL GROUP BY 1
+FROM endpoints e LEFT JOIN endpoint_state s ON s.endpoint_id = e.id
+WHERE e.deleted_at IS NULL GROUP BY 1
+"""
+
+# ---- retention ----------------------------------------------------------------------------
+
+# $1 range start, $2 range end -> whether a live delivery's event lies in [start, end): an
+# events partition must not be dropped while a queue row still needs its event
+QUEUE_NEEDS_EVENTS = """
+SELECT EXISTS (SELECT 1 FROM delivery_queue
+               WHERE event_created_at >= $1 AND event_created_at < $2)
 """
 
 # ---- delivery log, replay and retry (API and `dispatcher dead-letters`) -------------------
-# A re-queued delivery is due now, keeps its event and its attempt count, and starts a fresh
-# retry window: replayed_at is the max-age origin, attempts_before_replay the backoff base.
+# The `deliveries` view (migration 004) is each delivery's current state: its queue row while
+# it is live, else its newest outcome in the history. A re-queued delivery (replay, retry)
+# goes back into the queue with its id, its event and its attempt count, one generation up;
+# it is due now and starts a fresh retry window (age_origin and attempts_before_replay).
 
 # $1 endpoint_id, $2 status (NULL for all), $3 cursor: deliveries older than this id (NULL for
 # the first page), $4 limit, $5 event_type, $6 since, $7 until (each NULL: no filter; the time
@@ -658,8 +677,9 @@ LIST_ENDPOINT_DELIVERIES = """
 SELECT d.id, d.event_id, ev.event_type, d.endpoint_id, d.status, d.attempts, d.next_attempt_at,
        d.created_at, d.completed_at, d.last_status_code, d.last_outcome, d.replayed_at
 FROM deliveries d
-JOIN events ev ON ev.id = d.event_id
-WHERE d.endpoint_id = $1 AND ($2::text IS NULL OR d.status = $2)
+JOIN events ev ON ev.id = d.event_id AND ev.created_at = d.event_created_at
+WHERE d.endpoint_id = $1 AND hashtext(d.endpoint_id) = hashtext($1)
+  AND ($2::text IS NULL OR d.status = $2)
   AND ($3::bigint IS NULL OR d.id < $3)
   AND ($5::text IS NULL OR ev.event_type = $5)
   AND ($6::timestamptz IS NULL OR d.created_at >= $6)
@@ -669,7 +689,7 @@ LIMIT $4
 """
 
 # $1 delivery id, $2 endpoint_id -> the id when it is a delivery of that endpoint (page cursor)
-GET_DELIVERY_CURSOR = "SELECT id FROM deliveries WHERE id = $1 AND endpoint_id = $2"
+GET_DELIVERY_CURSOR = "SELECT id FROM deliveries WHERE id = $1 AND endpoint_id = $2::text"
 
 # $1 delivery ids, $2 attempts kept per delivery (the newest) -> oldest first per delivery
 ATTEMPTS_OF_DELIVERIES = """
@@ -678,10 +698,10 @@ SELECT a.delivery_id, a.attempt, a.started_at, a.duration_ms, a.outcome, a.statu
 FROM unnest($1::bigint[]) AS d (id)
 CROSS JOIN LATERAL (
     SELECT * FROM attempts WHERE attempts.delivery_id = d.id
-    ORDER BY attempts.attempt DESC, attempts.id DESC
+    ORDER BY attempts.attempt DESC, attempts.started_at DESC
     LIMIT $2
 ) a
-ORDER BY a.delivery_id, a.attempt, a.id
+ORDER BY a.delivery_id, a.attempt, a.started_at
 """
 
 # $1 event ids -> their deliveries, by event then endpoint
@@ -689,8 +709,9 @@ DELIVERIES_OF_EVENTS = """
 SELECT d.id, d.event_id, ev.event_type, d.endpoint_id, d.status, d.attempts, d.next_attempt_at,
        d.created_at, d.completed_at, d.last_status_code, d.last_outcome, d.replayed_at
 FROM deliveries d
-JOIN events ev ON ev.id = d.event_id
+JOIN events ev ON ev.id = d.event_id AND ev.created_at = d.event_created_at
 WHERE d.event_id = ANY($1::text[])
+  AND hashtext(d.event_id) = ANY(ARRAY(SELECT hashtext(e) FROM unnest($1::text[]) AS e))
 ORDER BY d.event_id, d.endpoint_id
 """
 
@@ -701,44 +722,76 @@ SELECT d.id, d.event_id, ev.event_type, d.endpoint_id, d.status, d.attempts, d.n
        ep.enabled AS endpoint_enabled, ep.deleted_at IS NOT NULL AS endpoint_deleted
 FROM deliveries d
 JOIN endpoints ep ON ep.id = d.endpoint_id
-JOIN events ev ON ev.id = d.event_id
+JOIN events ev ON ev.id = d.event_id AND ev.created_at = d.event_created_at
 WHERE d.id = $1 AND ep.tenant_id = $2 AND ep.environment = $3
+"""
+
+# Re-queues final deliveries (rows of the `deliveries` view in `targets`, with the endpoint's
+# tenant as tenant_id): back into the queue with their id, due at now ($NOW).
+_requeue_final = """
+INSERT INTO delivery_queue (id, endpoint_id, tenant_id, event_id, event_created_at, created_at,
+                            next_attempt_at, age_origin, attempts, attempts_before_replay,
+                            generation, replayed_at, last_status_code, last_outcome)
+SELECT t.id, t.endpoint_id, t.tenant_id, t.event_id, t.event_created_at, t.created_at, $NOW,
+       $NOW, t.attempts, t.attempts, t.generation + 1, $NOW, t.last_status_code, t.last_outcome
+FROM targets t WHERE t.status IN ('succeeded', 'dead', 'cancelled')
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+# Starts a pending delivery over now (rows of `targets` that are still pending in the queue).
+_restart_pending = """
+UPDATE delivery_queue q
+SET next_attempt_at = $NOW, age_origin = $NOW, replayed_at = $NOW,
+    attempts_before_replay = q.attempts
+FROM targets t
+WHERE q.id = t.id AND t.status = 'pending' AND q.worker_id IS NULL
+RETURNING q.id
 """
 
 # $1 delivery id, $2 tenant_id, $3 environment, $4 now -> the id when re-queued; nothing when
 # it is another tenant's, in flight, or its endpoint is disabled or deleted
-RETRY_DELIVERY = """
-UPDATE deliveries d
-SET status = 'pending', next_attempt_at = $4, completed_at = NULL, replayed_at = $4,
-    attempts_before_replay = d.attempts
-FROM endpoints ep
-WHERE d.id = $1 AND ep.id = d.endpoint_id AND ep.tenant_id = $2 AND ep.environment = $3
-  AND ep.enabled AND ep.deleted_at IS NULL AND d.status <> 'in_flight'
-RETURNING d.id
+RETRY_DELIVERY = f"""
+WITH targets AS (
+    SELECT d.*, ep.tenant_id FROM deliveries d
+    JOIN endpoints ep ON ep.id = d.endpoint_id
+    WHERE d.id = $1 AND ep.tenant_id = $2 AND ep.environment = $3
+      AND ep.enabled AND ep.deleted_at IS NULL AND d.status <> 'in_flight'
+),
+revived AS ({_requeue_final.replace("$NOW", "$4")}),
+restarted AS ({_restart_pending.replace("$NOW", "$4")})
+SELECT id FROM revived UNION ALL SELECT id FROM restarted
 """
 
 # $1 endpoint_id, $2 since (NULL: unbounded), $3 until (NULL: unbounded), $4 now -> re-queues
-# the endpoint's dead deliveries created in [since, until)
-REPLAY_DEAD_DELIVERIES = """
-UPDATE deliveries d
-SET status = 'pending', next_attempt_at = $4, completed_at = NULL, replayed_at = $4,
-    attempts_before_replay = d.attempts
-WHERE d.endpoint_id = $1 AND d.status = 'dead'
-  AND ($2::timestamptz IS NULL OR d.created_at >= $2)
-  AND ($3::timestamptz IS NULL OR d.created_at < $3)
+# the endpoint's dead deliveries created in [since, until); -> how many
+REPLAY_DEAD_DELIVERIES = f"""
+WITH targets AS (
+    SELECT d.*, ep.tenant_id FROM deliveries d
+    JOIN endpoints ep ON ep.id = d.endpoint_id
+    WHERE d.endpoint_id = $1 AND hashtext(d.endpoint_id) = hashtext($1) AND d.status = 'dead'
+      AND ($2::timestamptz IS NULL OR d.created_at >= $2)
+      AND ($3::timestamptz IS NULL OR d.created_at < $3)
+),
+revived AS ({_requeue_final.replace("$NOW", "$4")})
+SELECT count(*)::int FROM revived
 """
 
 # $1 endpoint_id, $2 since (NULL: unbounded), $3 until (NULL: unbounded), $4 now -> re-queues
 # every failed delivery created in [since, until): dead, cancelled, and pending ones that
 # have failed at least once (they start over now instead of waiting for their backoff)
-REPLAY_FAILED_DELIVERIES = """
-UPDATE deliveries d
-SET status = 'pending', next_attempt_at = $4, completed_at = NULL, replayed_at = $4,
-    attempts_before_replay = d.attempts
-WHERE d.endpoint_id = $1
-  AND (d.status IN ('dead', 'cancelled') OR (d.status = 'pending' AND d.attempts > 0))
-  AND ($2::timestamptz IS NULL OR d.created_at >= $2)
-  AND ($3::timestamptz IS NULL OR d.created_at < $3)
+REPLAY_FAILED_DELIVERIES = f"""
+WITH targets AS (
+    SELECT d.*, ep.tenant_id FROM deliveries d
+    JOIN endpoints ep ON ep.id = d.endpoint_id
+    WHERE d.endpoint_id = $1 AND hashtext(d.endpoint_id) = hashtext($1)
+      AND (d.status IN ('dead', 'cancelled') OR (d.status = 'pending' AND d.attempts > 0))
+      AND ($2::timestamptz IS NULL OR d.created_at >= $2)
+      AND ($3::timestamptz IS NULL OR d.created_at < $3)
+),
+revived AS ({_requeue_final.replace("$NOW", "$4")}),
+restarted AS ({_restart_pending.replace("$NOW", "$4")})
+SELECT (SELECT count(*) FROM revived)::int + (SELECT count(*) FROM restarted)::int
 """
 
 # $1 endpoint_id, $2 since (NULL: unbounded), $3 until (NULL: unbounded), $4 'dead' or
@@ -760,7 +813,7 @@ SELECT d.id, ep.tenant_id, ep.environment, d.endpoint_id, d.event_id, ev.event_t
        ep.enabled AND ep.deleted_at IS NULL AS endpoint_live
 FROM deliveries d
 JOIN endpoints ep ON ep.id = d.endpoint_id
-JOIN events ev ON ev.id = d.event_id
+JOIN events ev ON ev.id = d.event_id AND ev.created_at = d.event_created_at
 WHERE d.status = 'dead'
   AND ($1::text IS NULL OR ep.tenant_id = $1) AND ($2::text IS NULL OR d.endpoint_id = $2)
   AND ($3::timestamptz IS NULL OR d.created_at >= $3)
@@ -785,9 +838,9 @@ WHERE d.status = 'dead'
 # $1 tenant_id, $2 endpoint_id, $3 since, $4 until (each NULL: no filter), $5 after this id,
 # $6 chunk size, $7 now -> re-queues the next chunk of dead letters of live endpoints, in id
 # order; answers how many rows it scanned, the last id scanned and how many it re-queued
-REPLAY_DEAD_LETTERS_CHUNK = """
-WITH chunk AS (
-    SELECT d.id FROM deliveries d
+REPLAY_DEAD_LETTERS_CHUNK = f"""
+WITH targets AS (
+    SELECT d.*, ep.tenant_id FROM deliveries d
     JOIN endpoints ep ON ep.id = d.endpoint_id
     WHERE d.status = 'dead' AND d.id > $5 AND ep.enabled AND ep.deleted_at IS NULL
       AND ($1::text IS NULL OR ep.tenant_id = $1) AND ($2::text IS NULL OR d.endpoint_id = $2)
@@ -795,19 +848,11 @@ WITH chunk AS (
       AND ($4::timestamptz IS NULL OR d.created_at < $4)
     ORDER BY d.id
     LIMIT $6
-    FOR UPDATE OF d SKIP LOCKED
 ),
-requeued AS (
-    UPDATE deliveries d
-    SET status = 'pending', next_attempt_at = $7, completed_at = NULL, replayed_at = $7,
-        attempts_before_replay = d.attempts
-    FROM chunk
-    WHERE d.id = chunk.id AND d.status = 'dead'
-    RETURNING d.id
-)
-SELECT (SELECT count(*) FROM chunk)::int AS scanned,
-       (SELECT max(id) FROM chunk) AS last_id,
-       (SELECT count(*) FROM requeued)::int AS requeued
+revived AS ({_requeue_final.replace("$NOW", "$7")})
+SELECT (SELECT count(*) FROM targets)::int AS scanned,
+       (SELECT max(id) FROM targets) AS last_id,
+       (SELECT count(*) FROM revived)::int AS requeued
 """
 
 # ---- event log (GET /v1/events) -----------------------------------------------------------
@@ -946,19 +991,36 @@ SELECT id FROM tenants WHERE deleted_at IS NOT NULL ORDER BY deleted_at LIMIT 10
 # $1 tenant_id -> its endpoints, deleted ones too
 TENANT_ENDPOINT_IDS = "SELECT id FROM endpoints WHERE tenant_id = $1"
 
-# $1 endpoint ids, $2 limit -> deletes deliveries (their attempts cascade) that no worker
+# $1 endpoint ids, $2 limit -> deletes queued deliveries (and their attempts) that no worker
 # holds; an in-flight one is left to its worker's settle, then taken by a later batch
-PURGE_DELIVERIES = """
-DELETE FROM deliveries WHERE id IN (
+PURGE_QUEUED_DELIVERIES = """
+WITH picked AS (
     SELECT d.id FROM unnest($1::text[]) AS e (id)
-    CROSS JOIN LATERAL (SELECT id FROM deliveries
-                        WHERE endpoint_id = e.id AND status <> 'in_flight' LIMIT $2) d
-    LIMIT $2)
+    CROSS JOIN LATERAL (SELECT id FROM delivery_queue
+                        WHERE endpoint_id = e.id AND worker_id IS NULL LIMIT $2) d
+    LIMIT $2
+),
+tried AS (DELETE FROM attempts a USING picked p WHERE a.delivery_id = p.id)
+DELETE FROM delivery_queue q USING picked p WHERE q.id = p.id AND q.worker_id IS NULL
+"""
+
+# $1 endpoint ids, $2 limit -> deletes final deliveries (and their attempts) from the history
+PURGE_DELIVERY_HISTORY = """
+WITH picked AS (
+    SELECT DISTINCT d.id FROM unnest($1::text[]) AS e (id)
+    CROSS JOIN LATERAL (SELECT o.id FROM delivery_outcomes o
+                        WHERE hashtext(o.endpoint_id) = hashtext(e.id) AND o.endpoint_id = e.id
+                        LIMIT $2) d
+    LIMIT $2
+),
+tried AS (DELETE FROM attempts a USING picked p WHERE a.delivery_id = p.id)
+DELETE FROM delivery_outcomes o USING picked p WHERE o.id = p.id
 """
 
 # $1 endpoint ids -> how many deliveries are still held by workers
 COUNT_IN_FLIGHT = """
-SELECT count(*)::int FROM deliveries WHERE endpoint_id = ANY($1::text[]) AND status = 'in_flight'
+SELECT count(*)::int FROM delivery_queue
+WHERE endpoint_id = ANY($1::text[]) AND worker_id IS NOT NULL
 """
 
 # $1 tenant_id, $2 limit (events go once their deliveries are gone)

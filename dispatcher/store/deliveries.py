@@ -168,15 +168,15 @@ async def replay_endpoint(
     until: datetime | None,
     now: datetime,
 ) -> int:
-    """Re-queue one endpoint's failed deliveries created in [since, until), in one UPDATE.
+    """Re-queue one endpoint's failed deliveries created in [since, until), in one statement.
 
     The caller checks that the endpoint is the tenant's and enabled: the claim does not look
     at `enabled`, so re-queueing for a disabled endpoint would send to it.
     """
     query = q.REPLAY_DEAD_DELIVERIES if scope == ReplayScope.DEAD else q.REPLAY_FAILED_DELIVERIES
     async with conn.transaction():
-        status = await conn.execute(query, endpoint_id, since, until, now)
-        count = int(status.rsplit(" ", 1)[-1])
+        await conn.execute(q.LOCK_REQUEUE_SHARED)
+        count: int = await conn.fetchval(query, endpoint_id, since, until, now)
         if count:
             await conn.execute(q.NOTIFY_DELIVERIES)
     return count
@@ -208,6 +208,7 @@ async def retry_delivery(
     endpoint is disabled or deleted).
     """
     async with conn.transaction():
+        await conn.execute(q.LOCK_REQUEUE_SHARED)
         done = await conn.fetchval(
             q.RETRY_DELIVERY, delivery_id, owner.tenant_id, owner.environment.value, now
         )
@@ -309,6 +310,7 @@ async def replay_dead_letters(
     total, after = 0, 0
     while True:
         async with conn.transaction():
+            await conn.execute(q.LOCK_REQUEUE_SHARED)
             row = await conn.fetchrow(
                 q.REPLAY_DEAD_LETTERS_CHUNK, *where.params(), after, chunk_size, now
             )

@@ -14,6 +14,7 @@ from dispatcher.db import queries as q
 from dispatcher.errors import FieldError, ValidationFailed
 from dispatcher.ids import EndpointId
 from dispatcher.models import DeliveryState, Endpoint, Principal
+from dispatcher.queue import cancel_pending
 from dispatcher.signing import (
     ED25519,
     HMAC,
@@ -168,7 +169,7 @@ async def update_endpoint(
             credentials,
         )
         if row is not None and changes.enabled is False:
-            await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
+            await cancel_pending(conn, endpoint_id, now)
     return _endpoint(row) if row else None
 
 
@@ -183,7 +184,7 @@ async def delete_endpoint(
         )
         if row is None:
             return False
-        await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
+        await cancel_pending(conn, endpoint_id, now)
         await conn.execute(q.WIPE_ENDPOINT_SECRETS, endpoint_id)
     return True
 
@@ -193,7 +194,7 @@ async def disable_endpoint(
 ) -> None:
     async with conn.transaction():
         await conn.execute(q.DISABLE_ENDPOINT, endpoint_id, reason, now)
-        await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
+        await cancel_pending(conn, endpoint_id, now)
 
 
 async def rotate_secret(

@@ -67,7 +67,7 @@ async def test_sigterm_finishes_the_delivery_in_flight_and_exits_cleanly(
     assert await worker.wait() == 0, worker.output()
     assert await _statuses(pool) == Counter({"succeeded": 1})
     async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT sum(in_flight) FROM endpoints") == 0
+        assert await conn.fetchval("SELECT sum(in_flight) FROM endpoint_state") == 0
 
 
 async def test_two_workers_share_the_work_without_duplicates(
@@ -101,13 +101,13 @@ async def test_sigkilled_worker_loses_nothing(
     tenant = await make_tenant()
     receiver.script("/hook", 200, delay=0.2)
     await add_endpoint(pool, tenant.tenant_id, receiver.url("/hook"), datetime.now(UTC))
-    doomed = start_process("worker", lease_seconds=2, endpoint_concurrency=8)
+    doomed = start_process("worker", endpoint_concurrency=8)
     await wait_until(lambda: _listening(pool))
     emitted = await _emit(pool, tenant.tenant_id, 100)
     await receiver.wait_for(10)
     doomed.signal(signal.SIGKILL)  # mid-stream, with leased deliveries in flight
     await doomed.wait()
-    survivor = start_process("worker", lease_seconds=2, endpoint_concurrency=8)
+    survivor = start_process("worker", endpoint_concurrency=8)
     await wait_until(lambda: _all_settled(pool, len(emitted)), limit=60)
     received = receiver.at("/hook")
     assert {r.headers["X-Event-Id"] for r in received} == set(emitted)

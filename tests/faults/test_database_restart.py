@@ -167,7 +167,6 @@ async def test_postgres_restart_mid_stream_loses_nothing(
         port=port,
         platform_token=PLATFORM_TOKEN,
         poll_interval_seconds=600,  # only NOTIFY (so a reconnected listener) wakes the worker
-        lease_seconds=10,
         metrics_port=0,
     )
     serve = Process(["serve"], env, tmp_path / "serve.log")

@@ -80,7 +80,7 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(
     assert "Traceback" not in output, output[-3000:]
     # every lease handed back: nothing in flight, no endpoint slot held
     assert await _scalar(pool, "SELECT count(*) FROM deliveries WHERE status = 'in_flight'") == 0
-    assert await _scalar(pool, "SELECT coalesce(sum(in_flight), 0) FROM endpoints") == 0
+    assert await _scalar(pool, "SELECT coalesce(sum(in_flight), 0) FROM endpoint_state") == 0
     left = await _scalar(pool, "SELECT count(*) FROM deliveries WHERE status = 'pending'")
     assert left > 0, "the SIGTERM came too late to test anything"
 

@@ -30,12 +30,11 @@ from tests.faults.harness import (
 from tests.figures import Recorder
 from tests.receiver import Receiver
 
-# A short lease, so a killed worker's deliveries come back within seconds.
+# Default lease and poll interval: a killed worker's deliveries come back within seconds
+# because its liveness lock is gone, not because a lease is short.
 WORKER = {
-    "lease_seconds": 2,
     "worker_concurrency": 32,
     "metrics_port": 0,
-    "poll_interval_seconds": 1,
 }
 
 

@@ -3,6 +3,7 @@ database, a real worker and a real receiver."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -13,6 +14,7 @@ from dispatcher.db import queries
 from dispatcher.tenant_purge import purge_tenant
 from tests.conftest import PLATFORM_TOKEN
 from tests.integration.conftest import Client, World
+from tests.queue_state import force_status
 
 AUTH = {"Authorization": f"Bearer {PLATFORM_TOKEN}"}
 TENANTS = "/internal/v1/tenants"
@@ -366,10 +368,8 @@ async def test_purge_works_in_bounded_batches_and_waits_for_in_flight(
     for n in range(25):
         await _report(api, tenant["id"], f"ml_{n}", "created")
     async with pool.acquire() as conn:
-        held = await conn.fetchval(
-            "UPDATE deliveries SET status = 'in_flight' WHERE id = (SELECT min(id) FROM"
-            " deliveries) RETURNING id"
-        )
+        held = await conn.fetchval("SELECT min(id) FROM deliveries")
+        await force_status(conn, [held], "in_flight", datetime.now(UTC))
         await conn.execute("UPDATE tenants SET deleted_at = now() WHERE id = $1", tenant["id"])
         assert not await purge_tenant(conn, tenant["id"], batch=10, max_batches=1)
         assert (await rows_of(pool, tenant["id"]))["deliveries"] == 15  # one batch of 10
@@ -377,7 +377,7 @@ async def test_purge_works_in_bounded_batches_and_waits_for_in_flight(
         # only the held one is left: its worker's settle comes first
         assert (await rows_of(pool, tenant["id"]))["deliveries"] == 1
         assert (await rows_of(pool, tenant["id"]))["tenants"] == 1
-        await conn.execute("UPDATE deliveries SET status = 'succeeded' WHERE id = $1", held)
+        await force_status(conn, [held], "succeeded", datetime.now(UTC))
         assert await purge_tenant(conn, tenant["id"], batch=10)
     assert set((await rows_of(pool, tenant["id"])).values()) == {0}
 

@@ -47,12 +47,12 @@ async def test_live_state_through_a_failure_streak_and_recovery(
     }
 
     async with world.pool.acquire() as conn:  # a worker takes two of them
-        taken = await claim(conn, clock.now(), 2, QueueLimits())
+        taken = await claim(conn, clock.now(), 2, QueueLimits(), worker_id=0)
     state = await _state(client, acme, endpoint.id)
     assert (len(taken), state["in_flight"], state["pending"]) == (2, 2, 5)
     async with world.pool.acquire() as conn:  # ... and dies: its leases expire
         await conn.execute(
-            "UPDATE deliveries SET lease_expires_at = $1", clock.now() - timedelta(seconds=1)
+            "UPDATE delivery_queue SET lease_expires_at = $1", clock.now() - timedelta(seconds=1)
         )
 
     await world.drain()  # seven 500s in a row: the circuit opens after the fifth

@@ -68,7 +68,7 @@ async def delivery(pool: asyncpg.Pool) -> asyncpg.Record:
 
 async def attempts(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     async with pool.acquire() as conn:
-        return await conn.fetch("SELECT * FROM attempts ORDER BY id")
+        return await conn.fetch("SELECT * FROM attempts ORDER BY delivery_id, attempt")
 
 
 async def drain_until_settled(w: Worker, pool: asyncpg.Pool, clock: FakeClock) -> None:
@@ -296,7 +296,8 @@ async def test_per_endpoint_cap_holds_across_claims(
     limits = QueueLimits(endpoint_concurrency=4)
     async with pool.acquire() as a, pool.acquire() as b:
         first, second = await asyncio.gather(
-            claim(a, clock.now(), 64, limits), claim(b, clock.now(), 64, limits)
+            claim(a, clock.now(), 64, limits, worker_id=1),
+            claim(b, clock.now(), 64, limits, worker_id=2),
         )
     assert len(first) + len(second) == 4, "two claimers together never exceed the cap"
 
@@ -312,7 +313,7 @@ async def test_failing_endpoint_opens_its_circuit_and_postpones_its_backlog(
     w = worker(pool, session, clock, concurrency=5, limits=limits)
     await w.drain(max_rounds=1)
     async with pool.acquire() as conn:
-        ep = await conn.fetchrow("SELECT * FROM endpoints WHERE id=$1", down)
+        ep = await conn.fetchrow("SELECT * FROM endpoint_state WHERE endpoint_id=$1", down)
         due = await conn.fetchval(
             "SELECT count(*) FROM deliveries WHERE status='pending' AND next_attempt_at <= $1",
             clock.now(),
@@ -326,7 +327,7 @@ async def test_failing_endpoint_opens_its_circuit_and_postpones_its_backlog(
     assert len(receiver.at("/down")) == 6, "half-open: a single probe goes first"
     await w.drain()
     async with pool.acquire() as conn:
-        ep = await conn.fetchrow("SELECT * FROM endpoints WHERE id=$1", down)
+        ep = await conn.fetchrow("SELECT * FROM endpoint_state WHERE endpoint_id=$1", down)
     assert ep["consecutive_failures"] == 0 and ep["circuit_open_until"] is None
 
 

@@ -246,7 +246,9 @@ async def _set_states(pool: asyncpg.Pool, disabled: str, tripped: str, until: An
             disabled,
         )
         await conn.execute(
-            "UPDATE endpoints SET circuit_open_until = $2 WHERE id = $1", tripped, until
+            "UPDATE endpoint_state SET circuit_open_until = $2 WHERE endpoint_id = $1",
+            tripped,
+            until,
         )
 
 

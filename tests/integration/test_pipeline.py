@@ -76,7 +76,7 @@ async def test_transition_reaches_receiver_signed(
     )
     async with pool.acquire() as conn:
         statuses = await conn.fetch("SELECT status FROM deliveries")
-        in_flight = await conn.fetchval("SELECT sum(in_flight) FROM endpoints")
+        in_flight = await conn.fetchval("SELECT sum(in_flight) FROM endpoint_state")
     assert {r["status"] for r in statuses} == {"succeeded"}
     assert in_flight == 0
 

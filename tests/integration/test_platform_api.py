@@ -345,7 +345,7 @@ async def test_batch_applies_valid_items_and_refuses_the_rest(
         transactions = await conn.fetchval(
             "SELECT count(DISTINCT tx) FROM (SELECT xmin::text AS tx FROM events"
             " UNION ALL SELECT xmin::text FROM mailings"
-            " UNION ALL SELECT xmin::text FROM deliveries) AS written"
+            " UNION ALL SELECT xmin::text FROM delivery_queue) AS written"
         )
         deliveries = await conn.fetchval("SELECT count(*) FROM deliveries")
         statuses = dict(await conn.fetch("SELECT mailing_id, status FROM mailings"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 import pytest
 
@@ -24,18 +26,23 @@ async def test_claim_uses_the_partial_queue_index(pool: asyncpg.Pool) -> None:
     """On the pending-only per-endpoint index, claim cost does not grow with settled history."""
     async with pool.acquire() as conn:
         await conn.execute("SET enable_seqscan = off")
-        plan = await conn.fetch(
-            "EXPLAIN "
-            + queries.CLAIM_DELIVERIES.replace("$1", "now()")
-            .replace("$2", "256")
-            .replace("$3", "64")
-            .replace("$4", "16")
-            .replace("$5", "5")
-            .replace("$6", "now() + interval '1 minute'")
-            .replace("$7", "''")
-        )
+        values = {
+            "1": "now()",
+            "2": "256",
+            "3": "64",
+            "4": "16",
+            "5": "5",
+            "6": "now() + interval '1 minute'",
+            "7": "''",
+            "8": "1",
+            "9": "'{}'::text[]",
+            "10": "'{}'::int[]",
+            "11": "32",
+        }
+        sql = re.sub(r"\$(\d+)", lambda m: values[m.group(1)], queries.CLAIM_DELIVERIES)
+        plan = await conn.fetch("EXPLAIN " + sql)
         await conn.execute("RESET enable_seqscan")
     text = "\n".join(r[0] for r in plan)
     # the per-endpoint queue index serves the loose scan, the heads and the picks
-    assert "deliveries_endpoint_due" in text, text
-    assert "Seq Scan on deliveries" not in text, text
+    assert "delivery_queue_due" in text, text
+    assert "Seq Scan on delivery_queue" not in text, text

@@ -122,7 +122,7 @@ async def attempts_by_endpoint(pool: asyncpg.Pool) -> dict[str, list[tuple[str, 
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT d.endpoint_id, a.outcome, a.error FROM attempts a"
-            " JOIN deliveries d ON d.id = a.delivery_id ORDER BY a.id"
+            " JOIN deliveries d ON d.id = a.delivery_id ORDER BY a.delivery_id, a.attempt"
         )
     found: dict[str, list[tuple[str, str]]] = {}
     for row in rows:

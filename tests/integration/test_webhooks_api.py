@@ -510,9 +510,12 @@ async def test_delete_and_disable_cancel_pending_deliveries(
             clock.now(),
         )
         await conn.executemany(
-            "INSERT INTO deliveries (event_id, endpoint_id, next_attempt_at, created_at)"
-            " VALUES ('evt_1', $1, $2, $2)",
-            [(first["id"], clock.now()), (second["id"], clock.now())],
+            "INSERT INTO delivery_queue (event_id, endpoint_id, tenant_id, event_created_at,"
+            " created_at, next_attempt_at, age_origin) VALUES ('evt_1', $1, $2, $3, $3, $3, $3)",
+            [
+                (first["id"], acme.tenant_id, clock.now()),
+                (second["id"], acme.tenant_id, clock.now()),
+            ],
         )
     assert (
         await client.delete(f"/v1/webhooks/{first['id']}", headers=acme.headers())

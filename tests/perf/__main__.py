@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -35,6 +36,7 @@ from dispatcher.models import Environment, Principal
 from dispatcher.queue import QueueLimits, claim
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
+from tests.deadlock_scan import find_deadlocks
 from tests.perf import delivery_log
 
 TOKEN = "bench-platform-token-0123456789abcdef"
@@ -198,12 +200,15 @@ class Bench:
 
     async def reset(self) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute("TRUNCATE attempts, deliveries, events, mailings, idempotency_keys")
             await conn.execute(
-                "UPDATE endpoints SET in_flight = 0, consecutive_failures = 0,"
+                "TRUNCATE attempts, delivery_outcomes, delivery_queue, events, mailings,"
+                " idempotency_keys, workers"
+            )
+            await conn.execute(
+                "UPDATE endpoint_state SET in_flight = 0, consecutive_failures = 0,"
                 " circuit_open_until = NULL"
             )
-            await conn.execute("VACUUM ANALYZE deliveries")
+            await conn.execute("VACUUM ANALYZE delivery_queue")
         async with self.http.post(self.recv("_reset")) as r:
             r.raise_for_status()
 
@@ -417,13 +422,15 @@ class Bench:
                 events,
             )
             await conn.execute(
-                """INSERT INTO deliveries (event_id, endpoint_id, next_attempt_at, created_at)
-                   SELECT 'evt_b' || g, 'ep_b' || e, $1, $1
+                """INSERT INTO delivery_queue (event_id, endpoint_id, tenant_id, event_created_at,
+                                              created_at, next_attempt_at, age_origin)
+                   SELECT 'evt_b' || g, 'ep_b' || e, $3, $1, $1, $1, $1
                    FROM generate_series(1, $2) g, generate_series(1, 1000) e""",
                 now,
                 events,
+                tenant,
             )
-            await conn.execute("VACUUM ANALYZE deliveries")
+            await conn.execute("VACUUM ANALYZE delivery_queue")
 
     async def claim_latency_ms(self, samples: int = 30) -> float:
         limits = QueueLimits(endpoint_concurrency=16)
@@ -433,7 +440,7 @@ class Bench:
                 tr = conn.transaction()
                 await tr.start()
                 start = time.perf_counter()
-                jobs = await claim(conn, datetime.now(UTC), 64, limits)
+                jobs = await claim(conn, datetime.now(UTC), 64, limits, worker_id=0)
                 timings.append((time.perf_counter() - start) * 1000)
                 await tr.rollback()
                 assert len(jobs) == 64
@@ -482,6 +489,127 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+async def measure(bench: Bench, args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    """Every section asked for (all by default), after the ceiling they are compared with."""
+
+    only = set(args.only or SECTIONS)
+
+    def put(
+        name: str,
+        values: list[float],
+        unit: str,
+        target: str = "",
+        ceiling: float | None = None,
+    ) -> None:
+        item: dict[str, Any] = {**summary(values), "unit": unit, "target": target}
+        if ceiling:
+            item["ratio"] = item["median"] / ceiling
+        figures[name] = item
+        print(
+            f"  {name}: {item['median']:.1f} {unit} ({item['min']:.1f}-{item['max']:.1f})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    ceil = await repeat(args.runs, bench.ceiling)
+    put("ceiling (bare aiohttp client)", ceil, "req/s")
+    c = statistics.median(ceil)
+    if "sustained" in only:
+        put(
+            "sustained, ingest included",
+            await repeat(args.runs, bench.sustained),
+            "deliveries/s",
+            ">= 0.60 x ceiling",
+            c,
+        )
+    if "dispatch" in only:
+        one = await repeat(args.runs, lambda: bench.dispatch_only(1))
+        put(
+            "dispatch-only, 1 worker",
+            [x[0] for x in one],
+            "deliveries/s",
+            ">= 0.70 x ceiling",
+            c,
+        )
+        two = await repeat(args.runs, lambda: bench.dispatch_only(2))
+        put("dispatch-only, 2 workers", [x[0] for x in two], "deliveries/s", "no loss", c)
+        figures["duplicates (scale-out)"] = {
+            **summary([float(x[1]) for x in one + two]),
+            "unit": "",
+            "target": "0",
+        }
+    if "latency" in only:
+        for rate in (200, 1000, 2000):
+            lats = await repeat(args.runs, _latency_run(bench, rate, "latency"))
+            targets = {200: ("", "<= 50"), 1000: ("<= 8", "<= 25"), 2000: ("", "")}[rate]
+            put(f"latency p50 @ {rate}/s", [x["p50_ms"] for x in lats], "ms", targets[0])
+            put(f"latency p99 @ {rate}/s", [x["p99_ms"] for x in lats], "ms", targets[1])
+            put(f"latency max @ {rate}/s", [x["max_ms"] for x in lats], "ms")
+    if "isolation" in only:
+        base_p99 = figures.get("latency p99 @ 1000/s", {}).get("median", math.nan)
+        iso = await repeat(args.runs, lambda: bench.latency(1000, bench.tenants["isolation"]))
+        put(
+            "isolation: healthy p99 @ 1000/s, dead neighbour",
+            [x["p99_ms"] for x in iso],
+            "ms",
+            f"<= 2 x {base_p99:.1f}",
+        )
+    if "ingest" in only:
+        ing = await repeat(args.runs, bench.ingest_rates)
+        put(
+            "ingest, batch API",
+            [x["batch_per_s"] for x in ing],
+            "transitions/s",
+            ">= 10000",
+        )
+        put(
+            "ingest, single API",
+            [x["single_per_s"] for x in ing],
+            "transitions/s",
+            ">= 1500",
+        )
+    if "backlog" in only:
+        for name, values, unit, target in await _backlogs(bench, args):
+            put(name, values, unit, target)
+    if "log" in only:
+        figures.update(await _delivery_log(bench, args))
+
+
+async def _backlogs(
+    bench: Bench, args: argparse.Namespace
+) -> list[tuple[str, list[float], str, str]]:
+    """Claim latency, throughput and worker memory with 10,000 and 1,000,000 pending."""
+    found = []
+    for pending in (10_000, 1_000_000):
+        b = await repeat(args.runs, _backlog_run(bench, pending))
+        target = "1M <= 1.5 x 10k" if pending > 10_000 else ""
+        found += [
+            (f"claim latency, {pending:,} pending", [x["claim_ms"] for x in b], "ms", target),
+            (
+                f"deliveries/s, {pending:,} pending",
+                [x["deliveries_per_s"] for x in b],
+                "deliveries/s",
+                "",
+            ),
+            (
+                f"worker peak RSS, {pending:,} pending",
+                [x["worker_peak_rss_mb"] for x in b],
+                "MB",
+                "<= 150",
+            ),
+        ]
+    return found
+
+
+async def _delivery_log(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """The portal's delivery log: pages of an endpoint with 100,000 deliveries."""
+    key, newest = await delivery_log.prefill(bench.pool)
+    api = f"http://127.0.0.1:{bench.api_port}"
+    log_runs = await repeat(args.runs, lambda: delivery_log.measure(api, key, newest))
+    found: dict[str, Any] = delivery_log.figures(log_runs)
+    return found
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="dispatcher-bench-") as tmp,
@@ -490,93 +618,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bench = Bench(Path(tmp), url, args.runs, args.events)
         await bench.setup()
         figures: dict[str, Any] = {}
-
-        def put(
-            name: str,
-            values: list[float],
-            unit: str,
-            target: str = "",
-            ceiling: float | None = None,
-        ) -> None:
-            item: dict[str, Any] = {**summary(values), "unit": unit, "target": target}
-            if ceiling:
-                item["ratio"] = item["median"] / ceiling
-            figures[name] = item
-            print(
-                f"  {name}: {item['median']:.1f} {unit} ({item['min']:.1f}-{item['max']:.1f})",
-                file=sys.stderr,
-                flush=True,
-            )
-
         try:
-            ceil = await repeat(args.runs, bench.ceiling)
-            put("ceiling (bare aiohttp client)", ceil, "req/s")
-            c = statistics.median(ceil)
-            put(
-                "sustained, ingest included",
-                await repeat(args.runs, bench.sustained),
-                "deliveries/s",
-                ">= 3000 and >= 0.40 x ceiling",
-                c,
-            )
-            one = await repeat(args.runs, lambda: bench.dispatch_only(1))
-            put(
-                "dispatch-only, 1 worker",
-                [x[0] for x in one],
-                "deliveries/s",
-                ">= 0.50 x ceiling",
-                c,
-            )
-            two = await repeat(args.runs, lambda: bench.dispatch_only(2))
-            put("dispatch-only, 2 workers", [x[0] for x in two], "deliveries/s", "no loss", c)
-            figures["duplicates (scale-out)"] = {
-                **summary([float(x[1]) for x in one + two]),
-                "unit": "",
-                "target": "0",
-            }
-            for rate in (200, 1000, 2000):
-                lats = await repeat(args.runs, _latency_run(bench, rate, "latency"))
-                targets = {200: ("", "<= 50"), 1000: ("<= 20", "<= 100"), 2000: ("", "")}[rate]
-                put(f"latency p50 @ {rate}/s", [x["p50_ms"] for x in lats], "ms", targets[0])
-                put(f"latency p99 @ {rate}/s", [x["p99_ms"] for x in lats], "ms", targets[1])
-                put(f"latency max @ {rate}/s", [x["max_ms"] for x in lats], "ms")
-            base_p99 = figures["latency p99 @ 1000/s"]["median"]
-            iso = await repeat(args.runs, lambda: bench.latency(1000, bench.tenants["isolation"]))
-            put(
-                "isolation: healthy p99 @ 1000/s, dead neighbour",
-                [x["p99_ms"] for x in iso],
-                "ms",
-                f"<= 2 x {base_p99:.1f}",
-            )
-            ing = await repeat(args.runs, bench.ingest_rates)
-            put("ingest, batch API", [x["batch_per_s"] for x in ing], "transitions/s", ">= 10000")
-            put("ingest, single API", [x["single_per_s"] for x in ing], "transitions/s", ">= 1500")
-            for pending in (10_000, 1_000_000):
-                b = await repeat(args.runs, _backlog_run(bench, pending))
-                put(
-                    f"claim latency, {pending:,} pending",
-                    [x["claim_ms"] for x in b],
-                    "ms",
-                    "1M <= 1.5 x 10k" if pending > 10_000 else "",
-                )
-                put(
-                    f"deliveries/s, {pending:,} pending",
-                    [x["deliveries_per_s"] for x in b],
-                    "deliveries/s",
-                )
-                put(
-                    f"worker peak RSS, {pending:,} pending",
-                    [x["worker_peak_rss_mb"] for x in b],
-                    "MB",
-                    "<= 150",
-                )
-            # the portal's delivery log: pages of an endpoint with 100,000 deliveries
-            key, newest = await delivery_log.prefill(bench.pool)
-            api = f"http://127.0.0.1:{bench.api_port}"
-            log_runs = await repeat(args.runs, lambda: delivery_log.measure(api, key, newest))
-            figures.update(delivery_log.figures(log_runs))
+            await measure(bench, args, figures)
         finally:
             await bench.close()
+            logs = Path(tmp)
+            deadlocks = await asyncio.to_thread(lambda: find_deadlocks(logs.rglob("*.log")))
+    if deadlocks:
+        print("deadlocks in the process logs:", *deadlocks[:20], sep="\n", file=sys.stderr)
+        raise SystemExit(f"benchmark failed: {len(deadlocks)} deadlock lines in process logs")
     return {
         "machine": {"cores": os.cpu_count()},
         "runs": args.runs,
@@ -585,11 +635,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+SECTIONS = ("sustained", "dispatch", "latency", "isolation", "ingest", "backlog", "log")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.perf")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--events", type=int, default=5000, help="events per throughput run")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeatable); the ceiling always runs. Default: all",
+    )
     args = parser.parse_args()
     import uvloop
 

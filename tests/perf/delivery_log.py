@@ -33,6 +33,7 @@ from dispatcher.db.embedded import embedded_postgres
 from dispatcher.db.migrate import migrate
 from dispatcher.db.pool import create_pool
 from dispatcher.models import Environment
+from dispatcher.partitions import partitioned_tables
 from dispatcher.store import tenants
 
 DELIVERIES = 100_000
@@ -58,6 +59,13 @@ async def prefill(pool: asyncpg.Pool, count: int = DELIVERIES) -> tuple[str, dat
             tenant.id,
             start,
         )
+        for day in range(-1, 32):  # the history's daily partitions for these 30 days
+            for table in partitioned_tables():
+                await conn.execute(
+                    "SELECT dispatcher_ensure_partition($1, $2)",
+                    table,
+                    (start + timedelta(days=day)).date(),
+                )
         await conn.execute(
             """INSERT INTO events (id, tenant_id, environment, event_type, mailing_id,
                                    occurred_at, created_at, body)
@@ -72,23 +80,41 @@ async def prefill(pool: asyncpg.Pool, count: int = DELIVERIES) -> tuple[str, dat
             step,
             count,
         )
+        # 5% pending, in the queue (2 attempts made); the rest final, in the history
         await conn.execute(
-            """INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at,
-                                       created_at, completed_at, last_status_code, last_outcome)
-               SELECT 'evt_log' || lpad(g::text, 8, '0'), $1,
-                      CASE WHEN g % 20 = 0 THEN 'dead' WHEN g % 20 = 1 THEN 'pending'
-                           ELSE 'succeeded' END,
-                      CASE WHEN g % 20 = 0 THEN 8 WHEN g % 20 = 1 THEN 2 ELSE 1 END,
+            """INSERT INTO delivery_queue (id, event_id, endpoint_id, tenant_id, event_created_at,
+                                           created_at, next_attempt_at, age_origin, attempts,
+                                           last_status_code, last_outcome)
+               SELECT g, 'evt_log' || lpad(g::text, 8, '0'), $1, $5,
                       $2::timestamptz + $3::interval * g, $2::timestamptz + $3::interval * g,
-                      CASE WHEN g % 20 = 1 THEN NULL ELSE $2::timestamptz + $3::interval * g END,
-                      CASE WHEN g % 20 IN (0, 1) THEN 503 ELSE 200 END,
-                      CASE WHEN g % 20 IN (0, 1) THEN 'http_5xx' ELSE 'success' END
-               FROM generate_series(1, $4) g
+                      $2::timestamptz + $3::interval * g, $2::timestamptz + $3::interval * g,
+                      2, 503, 'http_5xx'
+               FROM generate_series(1, $4) g WHERE g % 20 = 1""",
+            ENDPOINT,
+            start,
+            step,
+            count,
+            tenant.id,
+        )
+        await conn.execute(
+            """INSERT INTO delivery_outcomes (id, generation, status, attempts, endpoint_id,
+                                              event_id, created_at, completed_at,
+                                              last_status_code, last_outcome)
+               SELECT g, 0, CASE WHEN g % 20 = 0 THEN 'dead' ELSE 'succeeded' END,
+                      CASE WHEN g % 20 = 0 THEN 8 ELSE 1 END, $1,
+                      'evt_log' || lpad(g::text, 8, '0'),
+                      $2::timestamptz + $3::interval * g, $2::timestamptz + $3::interval * g,
+                      CASE WHEN g % 20 = 0 THEN 503 ELSE 200 END,
+                      CASE WHEN g % 20 = 0 THEN 'http_5xx' ELSE 'success' END
+               FROM generate_series(1, $4) g WHERE g % 20 <> 1
                ORDER BY g""",
             ENDPOINT,
             start,
             step,
             count,
+        )
+        await conn.execute(
+            "SELECT setval('delivery_ids', (SELECT max(id) FROM deliveries) + 1, false)"
         )
         await conn.execute(
             """INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome,
