@@ -594,8 +594,8 @@ REAP = "SELECT endpoint_id, n FROM dispatcher_reap($1, $2)"
 
 # $1 now, $2 oldest max-age origin still alive, $3 limit -> pending deliveries past their max
 # age become dead letters, whatever their endpoint's state (circuit open, at its cap,
-# disabled); -> how many
-EXPIRE_PENDING = """
+# disabled), counted in the tenant's usage; -> how many
+EXPIRE_PENDING = f"""
 WITH expired AS (
     DELETE FROM delivery_queue q
     WHERE q.id = ANY (ARRAY(
@@ -611,6 +611,20 @@ logged AS (
     SELECT id, generation, 'dead', attempts, endpoint_id, event_id, created_at,
            $1, replayed_at, last_status_code, COALESCE(last_outcome, 'expired')
     FROM expired
+),
+per_tenant AS (
+    SELECT x.tenant_id, ep.environment, count(*)::int AS dead
+    FROM expired x JOIN endpoints ep ON ep.id = x.endpoint_id
+    GROUP BY 1, 2
+),
+usage_dead AS (
+    INSERT INTO usage_daily AS u (tenant_id, environment, day, shard, deliveries_succeeded,
+                                  failed_attempts, dead_letters)
+    SELECT tenant_id, environment, ($1::timestamptz AT TIME ZONE 'UTC')::date,
+           pg_backend_pid() % {USAGE_SHARDS}, 0, 0, dead
+    FROM per_tenant ORDER BY 1, 2
+    ON CONFLICT (tenant_id, day, environment, shard)
+    DO UPDATE SET dead_letters = u.dead_letters + EXCLUDED.dead_letters
 )
 SELECT count(*)::int FROM expired
 """

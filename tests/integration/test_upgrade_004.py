@@ -14,8 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from dispatcher import sealing
 from dispatcher.db.migrate import migrate, migrations_dir
 from dispatcher.queue import QueueLimits, claim
+from dispatcher.store.secrets import reseal_legacy
 
 T0 = datetime(2026, 5, 9, 10, 0, tzinfo=UTC)  # two days before the fake clock's default
 T1 = datetime(2026, 5, 10, 23, 30, tzinfo=UTC)
@@ -117,8 +119,10 @@ async def test_004_upgrades_a_003_database_in_place(scratch_url: str, tmp_path: 
         assert tuple(mailing) == ("evt_new", "printed")
         assert await conn.fetchval("SELECT nextval('delivery_ids')") == 5
 
-        # the upgraded queue works: at its due time the replayed delivery is claimed with
-        # its attempt count and backoff step carried over
+        # the upgraded queue works (once start-up has sealed the secrets written before
+        # encryption at rest): at its due time the replayed delivery is claimed with its
+        # attempt count and backoff step carried over
+        await reseal_legacy(conn, sealing.current())
         jobs = await claim(conn, T1 + timedelta(seconds=90), 10, QueueLimits(), worker_id=0)
         by_id = {j.delivery_id: j for j in jobs}
         assert by_id[1].attempt == 3 and by_id[1].schedule_attempt == 2
