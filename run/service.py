@@ -79,6 +79,12 @@ async def background(coro: Any, name: str) -> AsyncIterator[asyncio.Task[Any]]:
             await task
 
 
+async def _stop_worker(runner: Worker, task: asyncio.Task[None]) -> None:
+    runner.stop()
+    with contextlib.suppress(Exception):
+        await task
+
+
 async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,6 +120,9 @@ async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: b
                         )
                     )
                 worker_task = asyncio.create_task(runner.run(), name="worker")
+                # if a later role fails to start, the worker stops (and lets its liveness
+                # connection go) before the pool closes, so the process exits
+                stack.push_async_callback(_stop_worker, runner, worker_task)
             if api:
                 await stack.enter_async_context(api_role(settings, pool, services))
             roles = " and ".join(r for r, on in (("api", api), ("worker", worker)) if on)
