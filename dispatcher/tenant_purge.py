@@ -2,13 +2,15 @@
 
 Deleting a tenant first marks it (`tenants.deleted_at`): from that commit its keys are
 refused, its ingest refused and its deliveries never claimed. Its rows then go here, each
-statement removing at most `batch` rows in its own transaction: deliveries (attempts
-cascade), events, mailings, usage counters, stored idempotent answers, and finally the
-tenant row itself, whose cascade takes the few rows left (keys, endpoints, secrets).
+statement removing at most `batch` rows in its own transaction: queued deliveries and the
+delivery history (each with its attempts), mailings with their events (found through the
+mailing: the history is indexed by mailing, not by tenant), usage counters, stored idempotent
+answers, and finally the tenant row itself, whose cascade takes the few rows left (keys,
+endpoints, secrets).
 
-A delivery a worker holds is left until its settle (a removed row would make the settle's
-attempt insert fail), so a purge may need a second pass; whoever runs it (the API right
-after the DELETE, then the workers' maintenance loop) simply calls `purge_tenant` again.
+A delivery a worker holds is left until its settle moves it to the history, so a purge may
+need a second pass; whoever runs it (the API right after the DELETE, then the workers'
+maintenance loop) simply calls `purge_tenant` again.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ async def purge_tenant(
             return False
     if endpoints and await conn.fetchval(q.COUNT_IN_FLIGHT, endpoints):
         return False  # a worker still holds some: their settle comes first
-    for query in (q.PURGE_EVENTS, q.PURGE_MAILINGS, q.PURGE_USAGE):
+    for query in (q.PURGE_MAILINGS, q.PURGE_USAGE):
         if not await _drain(conn, query, tenant_id, batch, budget):
             return False
     await conn.execute(q.PURGE_TENANT_IDEMPOTENCY, tenant_id)

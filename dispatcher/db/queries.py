@@ -1037,16 +1037,21 @@ SELECT count(*)::int FROM delivery_queue
 WHERE endpoint_id = ANY($1::text[]) AND worker_id IS NOT NULL
 """
 
-# $1 tenant_id, $2 limit (events go once their deliveries are gone)
-PURGE_EVENTS = """
-DELETE FROM events WHERE id IN (
-    SELECT id FROM events WHERE tenant_id = $1 AND mailing_id IS NOT NULL LIMIT $2)
-"""
-
-# $1 tenant_id, $2 limit
+# $1 tenant_id, $2 limit -> deletes a batch of the tenant's mailings with their events (once
+# their deliveries are gone): the events are found through their mailing, as the history is
+# indexed by mailing (events_mailing), not by tenant
 PURGE_MAILINGS = """
-DELETE FROM mailings WHERE (tenant_id, environment, mailing_id) IN (
-    SELECT tenant_id, environment, mailing_id FROM mailings WHERE tenant_id = $1 LIMIT $2)
+WITH picked AS (
+    SELECT tenant_id, environment, mailing_id FROM mailings WHERE tenant_id = $1 LIMIT $2
+),
+gone_events AS (
+    DELETE FROM events e USING picked p
+    WHERE e.mailing_id = p.mailing_id AND e.tenant_id = p.tenant_id
+      AND e.environment = p.environment
+)
+DELETE FROM mailings m USING picked p
+WHERE m.tenant_id = p.tenant_id AND m.environment = p.environment
+  AND m.mailing_id = p.mailing_id
 """
 
 # $1 tenant_id, $2 limit

@@ -452,3 +452,16 @@ async def test_usage_reads_its_counters_by_key_not_the_history(pool: asyncpg.Poo
     assert "usage_daily_pkey" in text, text
     for history in ("events", "deliveries", "attempts", "delivery_queue", "delivery_outcomes"):
         assert f" on {history}" not in text, text
+
+
+async def test_the_purge_finds_events_through_an_index(pool: asyncpg.Pool) -> None:
+    """A deleted tenant's events are reached by mailing: no batch scans the whole history."""
+    async with pool.acquire() as conn:
+        await conn.execute("SET enable_seqscan = off")
+        plan = await conn.fetch(
+            "EXPLAIN " + queries.PURGE_MAILINGS.replace("$1", "'ten_x'").replace("$2", "1000")
+        )
+        await conn.execute("RESET enable_seqscan")
+    text = "\n".join(r[0] for r in plan)
+    assert "Seq Scan on events" not in text, text
+    assert "Index Cond: (mailing_id = " in text, text  # each mailing's events, by index
