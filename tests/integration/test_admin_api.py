@@ -270,6 +270,8 @@ async def test_suspension_does_not_stop_the_max_age(api: Client, world: World) -
     await _report(api, tenant["id"], "ml_late", "created")
     world.clock.advance(86400 + 1)  # the default max age
     await world.drain()
+    async with world.pool.acquire() as conn:  # dead while still suspended: the clock decides
+        assert await conn.fetchval("SELECT status FROM deliveries") == "dead"
     await call(api, "PATCH", f"{TENANTS}/{tenant['id']}", 200, {"suspended": False})
     await world.drain()
     assert world.receiver.at("/late") == []
