@@ -15,12 +15,17 @@ Decisions:
 - A stored answer never keeps a secret: routes that answer with one (create, rotate-secret)
   name the fields to ``omit``, and the replay answers without them. The secret is shown
   once, to the request that created it; a client that lost it rotates the secret.
+- The scope is a context manager that owns the connection and the transaction; the route's
+  code runs inside it and hands its answer to ``scope.answer``. Without the header there is
+  no lock, no lookup, no stored answer, and no transaction unless the route asks for one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import asyncpg
 import orjson
@@ -83,36 +88,78 @@ def _stored_body(body: bytes, omit: tuple[str, ...]) -> bytes:
     return orjson.dumps({k: v for k, v in answer.items() if k not in omit})
 
 
-async def idempotent(
-    request: web.Request, scope: str, handler: Handler, *, omit: tuple[str, ...] = ()
-) -> web.Response:
-    """Run `handler` in one transaction, at most once per (scope, Idempotency-Key).
+@dataclass
+class Scope:
+    """One request's unit of work: its connection, and the stored answer when it is a retry."""
 
-    Without the header it is simply a transaction. The body is read before a connection
-    is taken, so a slow client never holds one. Top-level fields named in `omit` (secrets)
-    are left out of the stored answer, and so out of every replay.
+    conn: asyncpg.Connection
+    replay: web.Response | None = None
+    _key: str | None = None
+    _fingerprint: bytes = b""
+    _scope: str = ""
+    _omit: tuple[str, ...] = ()
+    _request: web.Request | None = None
+
+    async def answer(self, response: web.Response) -> web.Response:
+        """Keep the answer under the key (not a 5xx), in the same transaction as the writes."""
+        if self._key is None or self._request is None or response.status >= 500:
+            return response
+        if not isinstance(response.body, bytes | None):
+            raise TypeError("idempotent answers must have an in-memory body")
+        stored = store.StoredAnswer(
+            self._fingerprint, response.status, _stored_body(response.body or b"", self._omit)
+        )
+        await store.save_answer(
+            self.conn, self._scope, self._key, stored, clock(self._request).now()
+        )
+        return response
+
+
+@contextlib.asynccontextmanager
+async def idempotency_scope(
+    request: web.Request,
+    scope: str,
+    *,
+    omit: tuple[str, ...] = (),
+    transaction: bool = True,
+) -> AsyncIterator[Scope]:
+    """At most once per (scope, Idempotency-Key): a retry gets ``replay`` and must answer it.
+
+    The body is read before a connection is taken, so a slow client never holds one. With
+    the header, everything inside runs in one transaction with the stored answer; without
+    it, in a transaction only when ``transaction`` (a route whose one statement is its unit
+    of work asks for none). An exception rolls everything back and leaves the key unused.
     """
     key = _key(request)
     body = await request.read()
-    async with pool(request).acquire() as conn, conn.transaction():
+    async with pool(request).acquire() as conn:
         if key is None:
-            return await handler(conn)
+            if not transaction:
+                yield Scope(conn)
+                return
+            async with conn.transaction():
+                yield Scope(conn)
+            return
         fingerprint = request_fingerprint(request.method, request.path, body)
-        await store.lock_key(conn, scope, key)
-        stored = await store.stored_answer(conn, scope, key)
-        if stored is not None:
+        async with conn.transaction():
+            await store.lock_key(conn, scope, key)
+            stored = await store.stored_answer(conn, scope, key)
+            if stored is None:
+                yield Scope(conn, None, key, fingerprint, scope, omit, request)
+                return
             if stored.request_hash != fingerprint:
                 raise IdempotencyKeyReused(
                     f"this {HEADER} was already used for a different request; "
                     "use a new key for a new request"
                 )
-            return _replay(stored.status, stored.body)
-        response = await handler(conn)
-        if response.status < 500:
-            if not isinstance(response.body, bytes | None):
-                raise TypeError("idempotent handlers must answer with an in-memory body")
-            answer = store.StoredAnswer(
-                fingerprint, response.status, _stored_body(response.body or b"", omit)
-            )
-            await store.save_answer(conn, scope, key, answer, clock(request).now())
-        return response
+            yield Scope(conn, _replay(stored.status, stored.body))
+
+
+async def idempotent(
+    request: web.Request, scope: str, handler: Handler, *, omit: tuple[str, ...] = ()
+) -> web.Response:
+    """`idempotency_scope` for a route written as one handler over the connection."""
+    async with idempotency_scope(request, scope, omit=omit) as unit:
+        if unit.replay is not None:
+            return unit.replay
+        return await unit.answer(await handler(unit.conn))

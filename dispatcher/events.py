@@ -1,7 +1,19 @@
-"""Mailing transitions become immutable events and their deliveries, in the caller's transaction.
+"""Mailing transitions become immutable events and their deliveries: the one ingest path.
 
-`record_transitions` is the transactional outbox: the platform may call it on its own asyncpg
-connection, inside its own transaction, so the event exists exactly when its writes commit.
+`ingest` serves the platform API (a single transition is a batch of one) and the transactional
+outbox (`record_transitions`, on the platform's own connection inside its own transaction, so
+an event exists exactly when the platform's writes commit). Each transition gets the state
+machine's verdict (`dispatcher.transitions`: Accept, Repeat or Refuse), and that verdict is
+what the caller answers with.
+
+Decisions:
+- Two round trips for one mailing outside a transaction: one read (the tenants and the
+  mailings' stored status), one write that applies only if the mailing is still what was read
+  (else read again). Inside a transaction the mailings are locked before the read and stay
+  locked until commit, so the write never loses there and the caller's transaction never has
+  to be retried; transitions of several mailings must be inside one (all or nothing).
+- Events are counted (``webhook_events_ingested_total``) where they are written; inside a
+  transaction that later rolls back they were counted all the same.
 """
 
 from __future__ import annotations
@@ -10,25 +22,31 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
 from dispatcher import ids
 from dispatcher.db import queries as q
+from dispatcher.errors import DispatcherError
 from dispatcher.ids import EventId
+from dispatcher.metrics import EVENTS_INGESTED
 from dispatcher.partitions import ensure_day
 from dispatcher.signing import canonical_json
 from dispatcher.transitions import (
     Accept,
+    Decision,
     MailingStatus,
     MailType,
-    Refuse,
     Repeat,
     decide,
     event_type_for,
 )
+
+# Reads before giving up on a mailing that other writers keep changing.
+MAX_READS = 5
+
+MailingKey = tuple[str, str, str]  # tenant_id, environment, mailing_id
 
 
 @dataclass(frozen=True)
@@ -46,19 +64,34 @@ class Transition:
     metadata: Mapping[str, Any] | None = None
 
 
-class Result(StrEnum):
-    ACCEPTED = "accepted"
-    REPEATED = "repeated"
-    REFUSED = "refused"
-
-
 @dataclass(frozen=True)
-class TransitionResult:
-    result: Result
+class Recorded:
+    """What became of one transition, in the state machine's words.
+
+    Accept: ``event_id`` is the new event. Repeat: the mailing's original event. Refuse:
+    nothing was emitted; ``current_status`` is what it was judged against (None: unknown).
+    """
+
+    verdict: Decision
     event_id: EventId | None = None
     event_type: str | None = None
-    current_status: str | None = None
-    message: str | None = None
+    current_status: MailingStatus | None = None
+
+
+class UnknownTenants(DispatcherError):
+    """Transitions name tenants that do not exist or were deleted; nothing was written."""
+
+    type = "validation_error"
+
+    def __init__(self, positions: Sequence[int]) -> None:
+        super().__init__(f"no such tenant (transitions {', '.join(map(str, positions))})")
+        self.positions = list(positions)
+
+
+class ConcurrentChange(DispatcherError):
+    """Another writer kept changing the mailing between our read and our write."""
+
+    type = "conflict"
 
 
 @dataclass
@@ -66,7 +99,7 @@ class _MailingState:
     status: MailingStatus
     mail_type: MailType
     event_id: str
-    event_type: str
+    read_id: str | None  # the last event id as read: what the write checks is still there
     changed: bool = False
 
 
@@ -135,61 +168,51 @@ def _lock_key(t: Transition) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-async def _current(
+async def _read(
     conn: asyncpg.Connection, items: Sequence[Transition]
-) -> dict[tuple[str, str, str], _MailingState]:
-    keys = {(t.tenant_id, t.environment, t.mailing_id) for t in items}
+) -> tuple[set[str], dict[MailingKey, _MailingState]]:
+    """The live tenants among the items' and the stored state of their mailings."""
+    keys = list({(t.tenant_id, t.environment, t.mailing_id) for t in items})
     rows = await conn.fetch(
-        q.CURRENT_MAILINGS, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+        q.READ_INGEST,
+        list({t.tenant_id for t in items}),
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
     )
-    return {
-        (r["tenant_id"], r["environment"], r["mailing_id"]): _MailingState(
+    tenants: set[str] = set()
+    states: dict[MailingKey, _MailingState] = {}
+    for r in rows:
+        if r["mailing_id"] is None:
+            tenants.add(r["tenant_id"])
+            continue
+        states[(r["tenant_id"], r["environment"], r["mailing_id"])] = _MailingState(
             MailingStatus(r["status"]),
             MailType(r["mail_type"]),
             r["last_event_id"],
-            event_type_for(MailingStatus(r["status"])),  # the event a status comes from
+            r["last_event_id"],
         )
-        for r in rows
-    }
+    return tenants, states
 
 
-async def record_transitions(
-    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime
-) -> list[TransitionResult]:
-    """Apply transitions in order; one result per item. Must run inside a transaction.
-
-    Concurrent writers of the same mailing are serialized by advisory locks taken in key
-    order, so two reports of one status yield one event, and no update is lost.
-    """
-    if not conn.is_in_transaction():
-        raise RuntimeError("record_transitions must run inside a transaction")
-    if not items:
-        return []
-    await conn.execute(q.LOCK_MAILINGS, [_lock_key(t) for t in items])
-    states = await _current(conn, items)
+def _judge(
+    items: Sequence[Transition], states: dict[MailingKey, _MailingState], now: datetime
+) -> tuple[list[Recorded], _Batch]:
+    """Each transition in order against its mailing's state as the earlier ones left it."""
     batch = _Batch()
-    results: list[TransitionResult] = []
+    results: list[Recorded] = []
     for t in items:
         key = (t.tenant_id, t.environment, t.mailing_id)
         state = states.get(key)
+        current = state.status if state else None
         mail_type = t.mail_type or (state.mail_type if state else MailType.STANDARD)
-        decision = decide(state.status if state else None, t.status, mail_type)
-        if isinstance(decision, Repeat) and state is not None:
-            results.append(
-                TransitionResult(
-                    Result.REPEATED, EventId(state.event_id), state.event_type, state.status.value
-                )
-            )
+        verdict = decide(current, t.status, mail_type)
+        if isinstance(verdict, Repeat) and state is not None:
+            original = EventId(state.event_id)
+            results.append(Recorded(verdict, original, event_type_for(state.status), current))
             continue
-        if isinstance(decision, Refuse) or not isinstance(decision, Accept):
-            message = decision.reason if isinstance(decision, Refuse) else "refused"
-            results.append(
-                TransitionResult(
-                    Result.REFUSED,
-                    current_status=state.status.value if state else None,
-                    message=message,
-                )
-            )
+        if not isinstance(verdict, Accept):
+            results.append(Recorded(verdict, current_status=current))
             continue
         event_id = ids.event_id()
         event_type = event_type_for(t.status)
@@ -197,25 +220,54 @@ async def record_transitions(
         batch.add(
             event_id, t, event_type, occurred, event_body(event_id, event_type, occurred, _data(t))
         )
-        states[key] = _MailingState(t.status, mail_type, event_id, event_type, changed=True)
-        results.append(
-            TransitionResult(Result.ACCEPTED, EventId(event_id), event_type, t.status.value)
-        )
-    if batch.ids:
-        await _write(conn, batch, states, now)
-    return results
+        read_id = state.read_id if state else None
+        states[key] = _MailingState(t.status, mail_type, event_id, read_id, changed=True)
+        results.append(Recorded(verdict, EventId(event_id), event_type, t.status))
+    return results, batch
+
+
+async def ingest(
+    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime
+) -> list[Recorded]:
+    """Apply transitions in order; one verdict per item, in order.
+
+    Raises UnknownTenants (nothing written) when an item names a tenant that is not live.
+    """
+    if not items:
+        return []
+    in_transaction = conn.is_in_transaction()
+    if not in_transaction and len({(t.tenant_id, t.environment, t.mailing_id) for t in items}) > 1:
+        raise RuntimeError("transitions of several mailings must be recorded in a transaction")
+    locks = sorted({_lock_key(t) for t in items})
+    if in_transaction:
+        await conn.execute(q.LOCK_MAILINGS, locks)
+    for _ in range(MAX_READS):
+        tenants, states = await _read(conn, items)
+        unknown = [i for i, t in enumerate(items) if t.tenant_id not in tenants]
+        if unknown:
+            raise UnknownTenants(unknown)
+        results, batch = _judge(items, states, now)
+        # Inside a transaction the locks are held already: the write takes none again.
+        held = [] if in_transaction else locks
+        if not batch.ids or await _write(conn, batch, states, held, now):
+            return results
+        if in_transaction:
+            break  # the caller's transaction holds a partial write: it must roll back
+    raise ConcurrentChange("the mailing changed concurrently; retry")
 
 
 async def _write(
     conn: asyncpg.Connection,
     batch: _Batch,
-    states: dict[tuple[str, str, str], _MailingState],
+    states: dict[MailingKey, _MailingState],
+    locks: list[int],
     now: datetime,
-) -> int:
-    """Events, mailings, fan-out and NOTIFY in one round trip, whatever the batch size."""
+) -> bool:
+    """Events, mailings, fan-out and NOTIFY in one round trip; False when a mailing changed
+    since it was read (nothing of that mailing is written)."""
     changed = [(k, s) for k, s in states.items() if s.changed]
     await ensure_day(conn, now)
-    created: int = await conn.fetchval(
+    row = await conn.fetchrow(
         q.WRITE_EVENTS,
         batch.ids,
         batch.tenants,
@@ -231,13 +283,26 @@ async def _write(
         [s.status.value for _, s in changed],
         [s.mail_type.value for _, s in changed],
         [s.event_id for _, s in changed],
+        [s.read_id for _, s in changed],
+        locks,
     )
-    return created
+    assert row is not None
+    EVENTS_INGESTED.inc(row["events"])
+    return bool(row["mailings"] == len(changed))
+
+
+async def record_transitions(
+    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime
+) -> list[Recorded]:
+    """The transactional outbox: `ingest` inside the caller's transaction."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("record_transitions must run inside a transaction")
+    return await ingest(conn, items, now)
 
 
 async def record_transition(
     conn: asyncpg.Connection, transition: Transition, now: datetime | None = None
-) -> TransitionResult:
+) -> Recorded:
     """Outbox entry point for one transition, inside the caller's transaction.
 
     Example::

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import ClassVar, Final
 
 
 class MailingStatus(StrEnum):
@@ -49,16 +49,21 @@ TERMINAL_STATUSES: Final[frozenset[MailingStatus]] = frozenset(
 class Accept:
     """Record the transition and emit one new event."""
 
+    word: ClassVar[str] = "accepted"  # the verdict as the API says it
+
 
 @dataclass(frozen=True)
 class Repeat:
     """Same status again: answer with the original event, emit nothing (idempotent)."""
+
+    word: ClassVar[str] = "repeated"
 
 
 @dataclass(frozen=True)
 class Refuse:
     """Backward or impossible: a 409 whose message names the current status."""
 
+    word: ClassVar[str] = "refused"
     reason: str
 
 

@@ -31,7 +31,7 @@ from api.delivery_schemas import (
     ReplayResult,
     delivery_object,
 )
-from api.idempotency import idempotent, tenant_scope
+from api.idempotency import idempotency_scope, tenant_scope
 from api.openapi import operation
 from api.pagination import page_query, resolve_cursor, slice_page
 from api.responses import json_response, parse_optional
@@ -106,23 +106,23 @@ async def replay_deliveries(request: web.Request) -> web.Response:
     spec = await parse_optional(request, ReplayRequest)
     now = clock(request).now()
 
-    async def count(conn: asyncpg.Connection) -> web.Response:
-        endpoint = await _endpoint(conn, owner, request)
-        matching = await store.count_replayable(
-            conn, endpoint.id, scope=spec.status, since=spec.since, until=spec.until
-        )
-        return json_response(ReplayPreview(matching=matching).model_dump(mode="json"))
-
-    async def write(conn: asyncpg.Connection) -> web.Response:
-        endpoint = await _endpoint(conn, owner, request)
+    async with idempotency_scope(request, tenant_scope(owner)) as scope:
+        if scope.replay is not None:
+            return scope.replay
+        endpoint = await _endpoint(scope.conn, owner, request)
+        if spec.dry_run:
+            matching = await store.count_replayable(
+                scope.conn, endpoint.id, scope=spec.status, since=spec.since, until=spec.until
+            )
+            preview = ReplayPreview(matching=matching).model_dump(mode="json")
+            return await scope.answer(json_response(preview))
         if not endpoint.enabled:
             raise Conflict("the endpoint is disabled; enable it, then replay")
         count = await store.replay_endpoint(
-            conn, endpoint.id, scope=spec.status, since=spec.since, until=spec.until, now=now
+            scope.conn, endpoint.id, scope=spec.status, since=spec.since, until=spec.until, now=now
         )
-        return json_response(ReplayResult(replayed=count).model_dump(mode="json"), status=202)
-
-    return await idempotent(request, tenant_scope(owner), count if spec.dry_run else write)
+        result = ReplayResult(replayed=count).model_dump(mode="json")
+        return await scope.answer(json_response(result, status=202))
 
 
 @routes.post("/v1/deliveries/{id}/retry")
@@ -143,10 +143,10 @@ async def retry_delivery(request: web.Request) -> web.Response:
         raise NotFound("no such delivery")
     now = clock(request).now()
 
-    async def write(conn: asyncpg.Connection) -> web.Response:
-        delivery = await store.retry_delivery(conn, owner, delivery_id, now)
-        attempts = await store.attempts_of(conn, [delivery.id])
+    async with idempotency_scope(request, tenant_scope(owner)) as scope:
+        if scope.replay is not None:
+            return scope.replay
+        delivery = await store.retry_delivery(scope.conn, owner, delivery_id, now)
+        attempts = await store.attempts_of(scope.conn, [delivery.id])
         shown = delivery_object(delivery, attempts.get(delivery.id, []))
-        return json_response(shown.model_dump(mode="json"), status=202)
-
-    return await idempotent(request, tenant_scope(owner), write)
+        return await scope.answer(json_response(shown.model_dump(mode="json"), status=202))

@@ -1,8 +1,9 @@
 """Platform routes (SPEC section 4): mailing status transitions become events.
 
-Only the platform token opens them. Every write goes through ``record_transitions`` inside
-the Idempotency-Key transaction (scope ``"platform"``), so a stored answer exists exactly
-when its events do.
+Only the platform token opens them. Both routes take the one ingest path
+(`dispatcher.events.ingest`; a single transition is a batch of one) inside the
+Idempotency-Key scope (``"platform"``), so a stored answer exists exactly when its events do,
+and answer with the state machine's verdicts as they come.
 
 Decisions:
 
@@ -14,9 +15,11 @@ Decisions:
   for the *request*: a malformed item, an unknown tenant or more than ``MAX_BATCH``
   items is a 422 for the whole batch, and nothing is applied.
 - An unknown ``tenant_id`` is a 422 on that field (``transitions.<i>.tenant_id`` in a
-  batch), never a 404, which would read as "no such mailing". The tenants are locked
-  against deletion (``FOR KEY SHARE``) until commit, so the check cannot race into a
-  foreign-key error.
+  batch), never a 404, which would read as "no such mailing". The write checks again that
+  the tenant is live, in the same statement, so the check cannot race into a foreign-key
+  error.
+- Without an Idempotency-Key, transitions of one mailing take no transaction (one read, one
+  write statement); a batch of several mailings is one transaction.
 """
 
 from __future__ import annotations
@@ -31,25 +34,21 @@ from pydantic import BaseModel, ValidationError
 
 from api import auth
 from api.context import clock
-from api.idempotency import idempotent
+from api.idempotency import idempotency_scope
 from api.openapi import operation
 from api.platform_schemas import (
     MAX_BATCH,
     BatchIn,
     BatchOut,
     InvalidTransition,
-    InvalidTransitionDetail,
-    ItemResult,
     TransitionIn,
     TransitionOut,
     mailing_id_problem,
 )
 from api.responses import field_errors, json_response, read_json
 from dispatcher.errors import FieldError, ValidationFailed
-from dispatcher.events import Result, Transition, TransitionResult, record_transitions
-from dispatcher.metrics import EVENTS_INGESTED
-from dispatcher.store import tenants
-from dispatcher.transitions import MailingStatus
+from dispatcher.events import Recorded, Transition, UnknownTenants, ingest
+from dispatcher.transitions import Accept, Refuse
 
 routes = web.RouteTableDef()
 
@@ -95,30 +94,38 @@ def _transition(spec: TransitionIn, mailing_id: str) -> Transition:
     )
 
 
-async def _require_tenants(
-    conn: asyncpg.Connection, items: Sequence[Transition], field: Callable[[int], str]
-) -> None:
-    """422 naming every unknown tenant; the known ones stay locked until commit."""
-    known = await tenants.lock_tenants(conn, [t.tenant_id for t in items])
-    errors = [
-        FieldError(field(i), "no such tenant")
-        for i, t in enumerate(items)
-        if t.tenant_id not in known
-    ]
-    if errors:
-        raise ValidationFailed(errors)
+def _one_mailing(items: Sequence[Transition]) -> bool:
+    """Without an Idempotency-Key, one mailing's write is one statement: no transaction."""
+    return len({(t.tenant_id, t.environment, t.mailing_id) for t in items}) == 1
 
 
-def _refusal(result: TransitionResult) -> InvalidTransitionDetail:
-    current = result.current_status
-    return InvalidTransitionDetail(
-        message=result.message or "transition refused",
-        current_status=MailingStatus(current) if current is not None else None,
-    )
+async def _ingest(
+    conn: asyncpg.Connection, items: list[Transition], now: datetime, field: Callable[[int], str]
+) -> list[Recorded]:
+    try:
+        return await ingest(conn, items, now)
+    except UnknownTenants as exc:
+        raise ValidationFailed(
+            [FieldError(field(i), "no such tenant") for i in exc.positions]
+        ) from None
 
 
-def _accepted(results: Sequence[TransitionResult]) -> int:
-    return sum(r.result is Result.ACCEPTED for r in results)
+def _refusal(done: Recorded) -> dict[str, Any]:
+    assert isinstance(done.verdict, Refuse)
+    current = done.current_status
+    return {
+        "type": "invalid_transition",
+        "message": done.verdict.reason,
+        "current_status": current.value if current is not None else None,
+    }
+
+
+def _answer(done: Recorded) -> web.Response:
+    """202 for a new event, 200 for a repeat (its original event), 409 for a refusal."""
+    if isinstance(done.verdict, Refuse):
+        return json_response({"error": _refusal(done)}, status=409)
+    body = {"event_id": done.event_id, "event_type": done.event_type, "status": done.verdict.word}
+    return json_response(body, status=202 if isinstance(done.verdict, Accept) else 200)
 
 
 @routes.post("/internal/v1/mailings/{mailing_id}/transitions")
@@ -141,41 +148,22 @@ async def post_transition(request: web.Request) -> web.Response:
     spec = await _parse(
         request, TransitionIn, now, [FieldError("mailing_id", problem)] if problem else ()
     )
-    item = _transition(spec, mailing_id)
-    accepted = 0
-
-    async def write(conn: asyncpg.Connection) -> web.Response:
-        nonlocal accepted
-        await _require_tenants(conn, [item], lambda _: "tenant_id")
-        results = await record_transitions(conn, [item], now)
-        accepted = _accepted(results)
-        (result,) = results
-        if result.result is Result.REFUSED:
-            body = InvalidTransition(error=_refusal(result))
-            return json_response(body.model_dump(mode="json"), status=409)
-        assert result.event_id is not None and result.event_type is not None
-        out = TransitionOut(
-            event_id=result.event_id, event_type=result.event_type, status=result.result.value
-        )
-        status = 202 if result.result is Result.ACCEPTED else 200
-        return json_response(out.model_dump(mode="json"), status=status)
-
-    response = await idempotent(request, SCOPE, write)
-    EVENTS_INGESTED.inc(accepted)  # after commit; a replay runs no handler and counts 0
-    return response
+    items = [_transition(spec, mailing_id)]
+    async with idempotency_scope(request, SCOPE, transaction=False) as scope:
+        if scope.replay is not None:
+            return scope.replay
+        (done,) = await _ingest(scope.conn, items, now, lambda _: "tenant_id")
+        return await scope.answer(_answer(done))
 
 
-def _item(index: int, mailing_id: str, result: TransitionResult) -> dict[str, Any]:
-    out = ItemResult(
-        index=index,
-        mailing_id=mailing_id,
-        status=result.result.value,
-        event_id=result.event_id,
-        event_type=result.event_type if result.result is not Result.REFUSED else None,
-    ).model_dump(mode="json", exclude_none=True)
-    if result.result is Result.REFUSED:
-        out["error"] = _refusal(result).model_dump(mode="json")
-    return out
+def _item(index: int, mailing_id: str, done: Recorded) -> dict[str, Any]:
+    item: dict[str, Any] = {"index": index, "mailing_id": mailing_id, "status": done.verdict.word}
+    if isinstance(done.verdict, Refuse):
+        item["error"] = _refusal(done)
+    else:
+        item["event_id"] = done.event_id
+        item["event_type"] = done.event_type
+    return item
 
 
 @routes.post("/internal/v1/transitions")
@@ -195,21 +183,12 @@ async def post_transitions(request: web.Request) -> web.Response:
     now = clock(request).now()
     spec = await _parse(request, BatchIn, now)
     items = [_transition(t, t.mailing_id) for t in spec.transitions]
-    accepted = 0
-
-    async def write(conn: asyncpg.Connection) -> web.Response:
-        nonlocal accepted
-        await _require_tenants(conn, items, lambda i: f"transitions.{i}.tenant_id")
-        results = await record_transitions(conn, items, now)
-        accepted = _accepted(results)
-        body = {
-            "results": [
-                _item(i, t.mailing_id, r)
-                for i, (t, r) in enumerate(zip(items, results, strict=True))
-            ]
-        }
-        return json_response(body)
-
-    response = await idempotent(request, SCOPE, write)
-    EVENTS_INGESTED.inc(accepted)
-    return response
+    alone = _one_mailing(items)
+    async with idempotency_scope(request, SCOPE, transaction=not alone) as scope:
+        if scope.replay is not None:
+            return scope.replay
+        done = await _ingest(scope.conn, items, now, lambda i: f"transitions.{i}.tenant_id")
+        results = [
+            _item(i, t.mailing_id, d) for i, (t, d) in enumerate(zip(items, done, strict=True))
+        ]
+        return await scope.answer(json_response({"results": results}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import Enum
@@ -81,11 +80,6 @@ async def create_key(
 async def get_tenant(conn: asyncpg.Connection, tenant_id: str) -> Tenant | None:
     row = await conn.fetchrow(q.GET_TENANT, tenant_id)
     return Tenant.from_row(row) if row else None
-
-
-async def lock_tenants(conn: asyncpg.Connection, tenant_ids: Sequence[str]) -> set[str]:
-    """The ids of those that exist, locked against deletion (``FOR KEY SHARE``) until commit."""
-    return {r["id"] for r in await conn.fetch(q.LOCK_TENANTS, sorted(set(tenant_ids)))}
 
 
 async def list_tenants_page(

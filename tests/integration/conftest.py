@@ -15,12 +15,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
 from dispatcher.clock import FakeClock
-from dispatcher.events import Result, Transition, record_transitions
+from dispatcher.events import Transition, record_transitions
 from dispatcher.models import Endpoint, Environment, Principal
 from dispatcher.policy import RetryPolicy
 from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
-from dispatcher.transitions import MailingStatus
+from dispatcher.transitions import Accept, MailingStatus
 from dispatcher.worker import Worker, WorkerConfig
 from tests.conftest import TenantKeys, make_settings
 from tests.integration.history_tables import scratch  # noqa: F401 - retention tests' tables
@@ -94,7 +94,7 @@ class World:
         transition = Transition(tenant.tenant_id, env, mailing_id, MailingStatus(status))
         async with self.pool.acquire() as conn, conn.transaction():
             (result,) = await record_transitions(conn, [transition], self.clock.now())
-        assert result.result == Result.ACCEPTED and result.event_id is not None
+        assert isinstance(result.verdict, Accept) and result.event_id is not None
         return result.event_id
 
     async def drain(self, max_age_seconds: float | None = None) -> int:

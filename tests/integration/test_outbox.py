@@ -9,11 +9,11 @@ import asyncpg
 import pytest
 
 from dispatcher.clock import FakeClock
-from dispatcher.events import Result, Transition, record_transition, record_transitions
+from dispatcher.events import Transition, record_transition, record_transitions
 from dispatcher.models import Environment, Principal
 from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
-from dispatcher.transitions import MailingStatus
+from dispatcher.transitions import Accept, MailingStatus, Refuse, Repeat
 from dispatcher.worker import Worker, WorkerConfig
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -64,7 +64,7 @@ async def test_committed_transition_is_delivered(
     async with pool.acquire() as conn, conn.transaction():
         await _platform_write(conn)
         result = await record_transition(conn, transition, clock.now())
-    assert result.result is Result.ACCEPTED
+    assert isinstance(result.verdict, Accept)
     assert await _drain(pool, clock) == 1
     (got,) = receiver.at("/hook")
     assert got.headers["X-Event-Id"] == result.event_id
@@ -82,7 +82,7 @@ async def test_rolled_back_transition_leaves_nothing(
         async with pool.acquire() as conn, conn.transaction():
             await _platform_write(conn)
             result = await record_transition(conn, transition, clock.now())
-            assert result.result is Result.ACCEPTED
+            assert isinstance(result.verdict, Accept)
             raise PlatformError("the platform's own write failed")
     assert await _counts(pool) == (0, 0, 0)
     assert await _drain(pool, clock) == 0
@@ -117,7 +117,7 @@ async def test_outbox_and_api_share_the_state_machine(
     first = await record(MailingStatus.DELIVERED)
     repeated = await record(MailingStatus.DELIVERED)
     refused = await record(MailingStatus.FAILED)
-    assert (repeated.result, repeated.event_id) == (Result.REPEATED, first.event_id)
-    assert refused.result is Result.REFUSED
-    assert refused.current_status == "delivered"
+    assert isinstance(repeated.verdict, Repeat) and repeated.event_id == first.event_id
+    assert isinstance(refused.verdict, Refuse)
+    assert refused.current_status == MailingStatus.DELIVERED
     assert await _counts(pool) == (1, 1, 1)

@@ -12,11 +12,11 @@ import asyncpg
 import stripe
 
 from dispatcher.clock import FakeClock
-from dispatcher.events import Result, Transition, record_transitions
+from dispatcher.events import Transition, record_transitions
 from dispatcher.models import Principal
 from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
-from dispatcher.transitions import MailingStatus
+from dispatcher.transitions import Accept, MailingStatus
 from dispatcher.worker import Worker, WorkerConfig
 
 
@@ -57,7 +57,7 @@ async def test_transition_reaches_receiver_signed(
             ],
             clock.now(),
         )
-    assert [r.result for r in results] == [Result.ACCEPTED, Result.ACCEPTED]
+    assert [r.verdict for r in results] == [Accept(), Accept()]
     config = WorkerConfig(allow_private_targets=True)
     async with delivery_session(allow_private=True, max_connections=10) as session:
         worker = Worker(pool, session, config, clock=clock, rng=random.Random(1))

@@ -15,16 +15,19 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
+from api.app import create_app
 from dispatcher.clock import FakeClock
+from dispatcher.db import queries
+from dispatcher.events import Transition, record_transitions
 from dispatcher.models import Environment, Principal
 from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.transitions import FORWARD_ORDER, Accept, MailingStatus, MailType, decide
 from dispatcher.worker import Worker, WorkerConfig
-from tests.conftest import PLATFORM_TOKEN
+from tests.conftest import PLATFORM_TOKEN, make_settings
 
 Client = TestClient[Any, Any]
 
@@ -648,3 +651,72 @@ async def test_platform_routes_are_documented(client: Client) -> None:
     assert {"200", "202", "409", "401", "422"} <= set(single["responses"])
     assert "Idempotency-Key" in {p["name"] for p in single["parameters"]}
     assert {"200", "401", "422"} <= set(batch["responses"])
+
+
+async def _statements_of(
+    database_url: str, clock: FakeClock, requests: list[tuple[str, Any, dict[str, str]]]
+) -> list[str]:
+    """The app's own statements for these requests, in order, and any BEGIN or COMMIT
+    (not asyncpg's type introspection, nor the pool's RESET on release)."""
+    statements: list[str] = []
+
+    async def log_queries(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda record: statements.append(record.query))
+
+    counting = await asyncpg.create_pool(database_url, min_size=1, max_size=1, init=log_queries)
+    try:
+        async with TestClient(TestServer(create_app(make_settings(), counting, clock))) as api:
+            for path, body, headers in requests:
+                response = await api.post(path, json=body, headers={**AUTH, **headers})
+                assert response.status in (200, 202), await response.text()
+    finally:
+        await counting.close()
+    ours = {v for v in vars(queries).values() if isinstance(v, str)}  # the named statements
+    framing = ("BEGIN", "COMMIT", "ROLLBACK")
+    return [s for s in statements if s in ours or s.strip().upper().startswith(framing)]
+
+
+async def test_one_transition_is_one_read_and_one_write(
+    database_url: str, clock: FakeClock, make_tenant: Any
+) -> None:
+    """Without an Idempotency-Key: no transaction, no key lookup, two statements."""
+    tenant = await make_tenant()
+    body = {"tenant_id": tenant.tenant_id, "environment": "sandbox", "status": "created"}
+    path = "/internal/v1/mailings/ml_1/transitions"
+    assert await _statements_of(database_url, clock, [(path, body, {})]) == [
+        queries.READ_INGEST,
+        queries.WRITE_EVENTS,
+    ]
+    keyed = await _statements_of(database_url, clock, [(path, body, {"Idempotency-Key": "k1"})])
+    assert keyed == [
+        "BEGIN;",
+        queries.LOCK_IDEMPOTENCY_KEY,
+        queries.GET_IDEMPOTENT_RESPONSE,
+        queries.LOCK_MAILINGS,
+        queries.READ_INGEST,
+        queries.SAVE_IDEMPOTENT_RESPONSE,
+        "COMMIT;",
+    ], "a repeat writes nothing; the answer is kept in the same transaction"
+
+
+async def test_a_batch_of_one_takes_the_same_path(
+    database_url: str, clock: FakeClock, make_tenant: Any
+) -> None:
+    tenant = await make_tenant()
+    item = {"tenant_id": tenant.tenant_id, "environment": "sandbox", "mailing_id": "ml_1"}
+    batch = {"transitions": [{**item, "status": "created"}, {**item, "status": "paid"}]}
+    assert await _statements_of(database_url, clock, [(BATCH, batch, {})]) == [
+        queries.READ_INGEST,
+        queries.WRITE_EVENTS,
+    ]
+
+
+async def test_outbox_events_are_counted_where_written(
+    pool: asyncpg.Pool, make_tenant: Any, clock: FakeClock
+) -> None:
+    tenant = await make_tenant()
+    start = _ingested()
+    async with pool.acquire() as conn, conn.transaction():
+        item = Transition(tenant.tenant_id, "sandbox", "ml_1", MailingStatus.PRINTED)
+        await record_transitions(conn, [item, item], clock.now())  # the repeat is not counted
+    assert _ingested() - start == 1
