@@ -22,7 +22,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from api.pagination import ListPage
 from api.urls import MAX_URL_LENGTH, redact_url
 from api.validators import MAX_JSON_OBJECT_BYTES, bounded_json_object
-from dispatcher.models import Circuit, DeliveryState, Endpoint
+from dispatcher.models import Circuit, DeliveryState, Endpoint, Ordering
+from dispatcher.ratelimit import MAX_RATE_PER_SECOND
 from dispatcher.signing import SECRET_PREFIX
 from dispatcher.transitions import EVENT_TYPES, WILDCARD_PATTERNS, valid_event_pattern
 
@@ -122,6 +123,27 @@ Secret = Annotated[
     AfterValidator(_check_secret),
 ]
 
+RateLimit = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_RATE_PER_SECOND,
+        description="At most this many requests start in any 1-second window, across all "
+        "workers; deliveries beyond it wait their turn (they never fail because of it). "
+        f"A whole number from 1 to {MAX_RATE_PER_SECOND}; null: no limit.",
+        examples=[50],
+    ),
+]
+OrderingField = Annotated[
+    Ordering,
+    Field(
+        strict=False,  # the JSON string names the value; nothing else is accepted
+        description="'mailing': the events of one mailing reach this endpoint strictly in "
+        "event order (a later one waits while an earlier one is pending or retrying, until "
+        "it succeeds or is dead; other mailings are not held up). 'none': unordered, fastest.",
+    ),
+]
+
 _REQUEST = ConfigDict(extra="forbid", strict=True)
 
 
@@ -146,9 +168,11 @@ class EndpointCreate(BaseModel):
         "pair signs the Standard Webhooks headers with a v1a signature, which receivers "
         "verify with the endpoint's public_key; there is no shared secret. Fixed at creation.",
     )
+    rate_limit_per_second: RateLimit | None = None
+    ordering: OrderingField = Ordering.NONE
 
 
-_NOT_NULLABLE = ("url", "events", "enabled", "metadata", "standard_webhooks")
+_NOT_NULLABLE = ("url", "events", "enabled", "metadata", "standard_webhooks", "ordering")
 
 
 def _document_not_nullable(schema: dict[str, Any]) -> None:
@@ -188,6 +212,9 @@ class EndpointUpdate(BaseModel):
             "signing is fixed at creation; create a new endpoint to change how it signs"
         )
 
+    rate_limit_per_second: RateLimit | None = None
+    ordering: OrderingField | None = None
+
     @field_validator(*_NOT_NULLABLE, mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
@@ -197,6 +224,10 @@ class EndpointUpdate(BaseModel):
 
     def clears_description(self) -> bool:
         return "description" in self.model_fields_set and self.description is None
+
+    def sets_rate_limit(self) -> bool:
+        """Given, as a number or as null (which removes the limit)."""
+        return "rate_limit_per_second" in self.model_fields_set
 
 
 class RotateSecret(BaseModel):
@@ -233,6 +264,10 @@ class EndpointObject(BaseModel):
         description="ed25519 endpoints: the newest public key ('whpk_' + base64 of the 32-byte "
         "key), to verify the v1a signatures with. Not a secret. Null for hmac endpoints."
     )
+    rate_limit_per_second: int | None = Field(
+        description="Most requests started in any 1-second window; null: no limit."
+    )
+    ordering: Ordering = Field(description="'mailing': each mailing's events in event order.")
     created_at: datetime
     updated_at: datetime
 
@@ -302,6 +337,8 @@ def endpoint_object(endpoint: Endpoint) -> EndpointObject:
         standard_webhooks=endpoint.standard_webhooks,
         signing=endpoint.signing,
         public_key=endpoint.public_key,
+        rate_limit_per_second=endpoint.rate_limit_per_second,
+        ordering=endpoint.ordering,
         created_at=endpoint.created_at,
         updated_at=endpoint.updated_at,
     )

@@ -13,8 +13,9 @@ Rules, with the defaults of ``LimiterConfig``:
 * Growth only when the limit is being used: with fewer than half of it in flight, a success
   leaves it alone, so an idle endpoint does not accumulate a limit it never proved it takes.
 * Overload (timeout, connection error, 5xx, 429): limit x 0.5, and slow start ends there.
-* Rising latency (a 2xx slower than 2 x the endpoint's baseline and at least 20 ms above
-  it): limit x 0.9.
+* Rising latency: when the recent latency (an average over the last ~10 successes, so one
+  slow answer or a scheduling hiccup does not count) exceeds 2 x the endpoint's baseline and
+  lies at least 20 ms above it: limit x 0.9.
 * One decrease per round trip: an attempt that started before the last decrease reports on
   a window already cut, so a burst of failures from one window halves the limit once.
 * Other outcomes (a 4xx other than 429, a redirect, a refused address, TLS failure) say
@@ -64,13 +65,14 @@ def feedback(outcome: Outcome, status_code: int | None) -> Feedback:
 @dataclass(frozen=True)
 class LimiterConfig:
     floor: int = 1
-    ceiling: int = 64
+    ceiling: int = 32
     initial: int = 8
     overload_factor: float = 0.5
     latency_factor: float = 0.9
     latency_tolerance: float = 2.0
     latency_min_rise_seconds: float = 0.020
     baseline_drift_seconds: float = 30.0
+    recent_weight: float = 0.1  # of each success in the recent latency (an EWMA)
 
     def __post_init__(self) -> None:
         checks = {
@@ -81,6 +83,7 @@ class LimiterConfig:
             "latency_tolerance": self.latency_tolerance > 1,
             "latency_min_rise_seconds": self.latency_min_rise_seconds >= 0,
             "baseline_drift_seconds": self.baseline_drift_seconds > 0,
+            "recent_weight": 0 < self.recent_weight <= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -94,6 +97,7 @@ class LimiterState:
     ``limit`` is fractional so additive increase can add ``1 / limit`` per success;
     ``threshold`` ends slow start (infinite until the first overload); ``baseline`` is in
     seconds (None until the first success) and ``baseline_at`` when it last moved;
+    ``recent`` is the recent latency (seconds, an exponentially weighted average);
     ``decreased_at`` is the last cut.
     """
 
@@ -102,6 +106,7 @@ class LimiterState:
     baseline: float | None = None
     baseline_at: datetime | None = None
     decreased_at: datetime | None = None
+    recent: float | None = None
 
 
 def initial_state(config: LimiterConfig) -> LimiterState:
@@ -135,14 +140,21 @@ def next_limit(
     if signal == Feedback.OVERLOAD:
         return _decrease(state, config.overload_factor, latency, now, config, end_slow_start=True)
     baseline = _next_baseline(state, latency, now, config)
-    if _latency_rose(state.baseline, latency, config):
+    recent = (
+        latency
+        if state.recent is None
+        else (state.recent + (latency - state.recent) * config.recent_weight)
+    )
+    if _latency_rose(state.baseline, recent, config):
         cut = _decrease(state, config.latency_factor, latency, now, config, end_slow_start=True)
-        return replace(cut, baseline=baseline, baseline_at=now)
+        return replace(cut, baseline=baseline, baseline_at=now, recent=recent)
     grown = state.limit
     used = in_flight is None or in_flight * 2 >= allowed(state, config)
     if used:
         grown += 1.0 if state.limit < state.threshold else 1.0 / max(state.limit, 1.0)
-    return replace(state, limit=_clamp(grown, config), baseline=baseline, baseline_at=now)
+    return replace(
+        state, limit=_clamp(grown, config), baseline=baseline, baseline_at=now, recent=recent
+    )
 
 
 def _decrease(

@@ -30,6 +30,12 @@ OLDEST_PENDING_AGE = Gauge(
 )
 DEAD_LETTERS = Counter("webhook_dead_letters", "Deliveries that exhausted their retries")
 ENDPOINTS = Gauge("webhook_endpoints", "Endpoints by state", ["state"])
+ENDPOINTS_LIMITED = Gauge(
+    "webhook_endpoints_limited",
+    "Live endpoints held back by flow control: at their concurrency limit, or waiting for "
+    "their next rate-limit slot",
+    ["reason"],
+)
 
 for _outcome in Outcome:
     DELIVERY_ATTEMPTS.labels(outcome=_outcome.value)
@@ -50,3 +56,5 @@ RETENTION_LAST_RUN = Gauge(
     "webhook_retention_last_run_timestamp_seconds",
     "When this process last finished a retention round (Unix time; 0: not yet)",
 )
+for _reason in ("concurrency", "rate"):
+    ENDPOINTS_LIMITED.labels(reason=_reason)

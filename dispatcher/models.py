@@ -15,6 +15,13 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class Ordering(StrEnum):
+    """Whether an endpoint gets each mailing's events strictly in event order."""
+
+    NONE = "none"
+    MAILING = "mailing"
+
+
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
@@ -91,6 +98,8 @@ class Endpoint:
     updated_at: datetime
     signing: str = "hmac"  # "hmac" or "ed25519", fixed at creation
     public_key: str | None = None  # the newest whpk_ key of an ed25519 endpoint
+    rate_limit_per_second: int | None = None
+    ordering: Ordering = field(default_factory=lambda: Ordering.NONE)
     secret: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -110,6 +119,8 @@ class Endpoint:
             row["updated_at"],
             row["signing"],
             row["public_key"],
+            row["rate_limit_per_second"],
+            Ordering(row["ordering"]),
         )
 
 
@@ -133,7 +144,7 @@ class DeliveryState:
 
     @classmethod
     def from_row(
-        cls, row: Any, now: datetime, *, cap: int, breaker_threshold: int
+        cls, row: Any, now: datetime, *, adaptive_limit: int, breaker_threshold: int
     ) -> DeliveryState:
         """Same rule as the claim: past the failure threshold, one attempt at a time."""
         failing = row["consecutive_failures"] >= breaker_threshold
@@ -147,7 +158,7 @@ class DeliveryState:
         return cls(
             circuit,
             until if circuit == Circuit.OPEN else None,
-            1 if failing else cap,
+            1 if failing else adaptive_limit,
             row["in_flight"],
             row["pending"],
         )

@@ -18,21 +18,47 @@ import asyncpg
 from dispatcher.attempt import AttemptRecord, AttemptRequest
 from dispatcher.db import queries as q
 from dispatcher.ids import DeliveryId, EndpointId, EventId
+from dispatcher.limiter import LimiterConfig
 from dispatcher.models import DeliveryStatus
 from dispatcher.partitions import ensure_day
 from dispatcher.policy import Verdict
+from dispatcher.ratelimit import JITTER_ALLOWANCE_MICROSECONDS
+from dispatcher.settings import Settings
 from dispatcher.store.secrets import open_secret, stored_url
 
 
 @dataclass(frozen=True)
 class QueueLimits:
     batch_size: int = 64
-    endpoint_concurrency: int = 16
+    endpoint_concurrency: int = 32  # the ceiling of the adaptive limit
+    endpoint_concurrency_floor: int = 1
     breaker_threshold: int = 5
     breaker_open_seconds: float = 30.0
     breaker_max_open_seconds: float = 1800.0
     lease_seconds: float = 60.0
     endpoints_visited: int = 128  # per claim; the walk resumes where the last one stopped
+    rate_horizon_seconds: float = 0.1  # how far ahead a claim reserves rate-limit slots
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> QueueLimits:
+        return cls(
+            batch_size=s.claim_batch_size,
+            endpoint_concurrency=s.endpoint_concurrency,
+            endpoint_concurrency_floor=s.endpoint_concurrency_floor,
+            breaker_threshold=s.breaker_threshold,
+            breaker_open_seconds=s.breaker_open_seconds,
+            breaker_max_open_seconds=s.breaker_max_open_seconds,
+            lease_seconds=s.lease_seconds,
+        )
+
+    def limiter(self) -> LimiterConfig:
+        """The adaptive limit's bounds: these settings, the rest the limiter's defaults."""
+        floor = min(self.endpoint_concurrency_floor, self.endpoint_concurrency)
+        return LimiterConfig(
+            floor=floor,
+            ceiling=self.endpoint_concurrency,
+            initial=min(max(LimiterConfig.initial, floor), self.endpoint_concurrency),
+        )
 
 
 @dataclass(frozen=True)
@@ -63,6 +89,7 @@ class Job:
     worker_id: int  # the claim's fence: only this worker may settle it, at this attempt
     signing: str = "hmac"  # what `secrets` are: HMAC secrets, or ed25519 private keys
     environment: str = "sandbox"  # with tenant_id: usage is counted per both
+    not_before: datetime | None = None  # its rate-limit slot: it must not start earlier
 
     def request(self) -> AttemptRequest:
         return AttemptRequest(
@@ -104,12 +131,13 @@ async def claim(
     endpoints; `allowance` caps each tenant's share."""
     share = allowance or TenantAllowance()
     reduced = dict(share.reduced or {})
+    limiter = limits.limiter()
     rows = await conn.fetch(
         q.CLAIM_DELIVERIES,
         now,
         limits.endpoints_visited,
         limit,
-        limits.endpoint_concurrency,
+        limiter.ceiling,
         limits.breaker_threshold,
         now + timedelta(seconds=limits.lease_seconds),
         start_after,
@@ -117,6 +145,10 @@ async def claim(
         list(reduced),
         list(reduced.values()),
         share.default,
+        limiter.floor,
+        limiter.initial,
+        round(limits.rate_horizon_seconds * 1_000_000),
+        JITTER_ALLOWANCE_MICROSECONDS,
     )
     return [
         Job(
@@ -136,6 +168,7 @@ async def claim(
             worker_id,
             r["signing"],
             r["environment"],
+            r["not_before"],
         )
         for r in rows
     ]

@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=30, ge=1, le=3650)
 
     worker_concurrency: int = Field(default=64, ge=1, le=10000)
-    endpoint_concurrency: int = Field(default=16, ge=1, le=1000)
+    # the adaptive per-endpoint concurrency limit stays within [floor, ceiling]
+    endpoint_concurrency: int = Field(default=32, ge=1, le=1000)
+    endpoint_concurrency_floor: int = Field(default=1, ge=1, le=1000)
     claim_batch_size: int = Field(default=64, ge=1, le=1000)
     # a tenant's in-flight attempts on one worker: at most this share of its slots
     tenant_share: float = Field(default=0.5, gt=0, le=1)
@@ -124,6 +126,14 @@ class Settings(BaseSettings):
                 if part.strip() and not valid_key(part):
                     raise ValueError("must be 32 random bytes in base64, comma-separated")
         return value
+
+    @field_validator("endpoint_concurrency_floor")
+    @classmethod
+    def _floor_below_ceiling(cls, floor: int, info: ValidationInfo) -> int:
+        ceiling = info.data.get("endpoint_concurrency")
+        if ceiling is not None and floor > ceiling:
+            raise ValueError(f"must not exceed DISPATCHER_ENDPOINT_CONCURRENCY ({ceiling})")
+        return floor
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -22,10 +22,11 @@ from datetime import datetime, timedelta
 import aiohttp
 import asyncpg
 
-from dispatcher import metrics
+from dispatcher import flow, metrics, ratelimit
 from dispatcher.attempt import AttemptRecord, run_attempt
 from dispatcher.clock import Clock, SystemClock
 from dispatcher.db.pool import DB_ERRORS
+from dispatcher.flow import LimiterBook
 from dispatcher.ids import format_delivery_id
 from dispatcher.liveness import Liveness
 from dispatcher.models import DeliveryStatus
@@ -80,14 +81,7 @@ class WorkerConfig:
             tenant_share=s.tenant_share,
             allow_private_targets=s.allow_private_targets,
             signature_header=s.signature_header,
-            limits=QueueLimits(
-                batch_size=s.claim_batch_size,
-                endpoint_concurrency=s.endpoint_concurrency,
-                breaker_threshold=s.breaker_threshold,
-                breaker_open_seconds=s.breaker_open_seconds,
-                breaker_max_open_seconds=s.breaker_max_open_seconds,
-                lease_seconds=s.lease_seconds,
-            ),
+            limits=QueueLimits.from_settings(s),
             policy=RetryPolicy(
                 base_seconds=s.retry_base_seconds,
                 multiplier=s.retry_multiplier,
@@ -127,6 +121,7 @@ class Worker:
         self._wake_on_finish = True
         self._cursor = ""
         self._liveness = Liveness(pool)
+        self._limiter = LimiterBook(config.limits.limiter())
 
     @property
     def worker_id(self) -> int | None:
@@ -141,8 +136,16 @@ class Worker:
 
     # ---- one attempt ----------------------------------------------------------------------
 
-    async def _attempt(self, job: Job) -> Settlement:
-        """Never raises (but cancellation): whatever fails becomes a recorded failed attempt."""
+    async def _attempt(self, job: Job) -> Settlement | None:
+        """Never raises (but cancellation): whatever fails becomes a recorded failed attempt.
+        None when the job's rate-limit slot went by before it could start (it is not sent)."""
+        if job.not_before is not None:  # a rate-limit slot: not a moment earlier
+            wait = (job.not_before - self._clock.now()).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._wake.set()  # the endpoint's next slots are claimable now
+            if ratelimit.missed(job.not_before, self._clock.now()):
+                return None
         started = self._clock.now()
         try:
             early = self._config.policy.before_attempt(age_origin=job.age_origin, now=started)
@@ -188,6 +191,9 @@ class Worker:
             later = now + timedelta(seconds=self._config.policy.base_seconds)
             verdict = Verdict(DeliveryStatus.PENDING, later)
         self._observe(job, record, verdict, now)
+        self._limiter.record(
+            job.endpoint_id, record.outcome, record.status_code, record.duration_ms / 1000, now
+        )
         return Settlement(job, record, verdict)
 
     def _observe_expired(self, job: Job) -> None:
@@ -249,10 +255,14 @@ class Worker:
                     )
                 if not jobs:
                     break
-                settled = await asyncio.gather(*(self._attempt(j) for j in jobs))
+                outcomes = await asyncio.gather(*(self._attempt(j) for j in jobs))
+                settled = [s for s in outcomes if s is not None]
+                missed = [j for j, s in zip(jobs, outcomes, strict=True) if s is None]
                 async with self._pool.acquire() as conn:
-                    total += await settle(
-                        conn, list(settled), self._clock.now(), self._config.limits
+                    await release(conn, missed)
+                    total += await settle(conn, settled, self._clock.now(), self._config.limits)
+                    await flow.apply(
+                        conn, self._limiter.take(self._clock.now()), self._limiter.config
                     )
         finally:
             await self._liveness.close()
@@ -427,12 +437,21 @@ class Worker:
     async def _run_job(self, job: Job) -> None:
         try:
             settlement = await self._attempt(job)
+            if settlement is None:  # its slot went by: back to the queue, unsent
+                await self._hand_back([job])
         finally:
             self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             if self._wake_on_finish:
                 self._wake.set()
-        self._buffer.append(settlement)
-        self._buffer_ready.set()
+        if settlement is not None:
+            self._buffer.append(settlement)
+            self._buffer_ready.set()
+
+    async def _hand_back(self, jobs: list[Job]) -> None:
+        """Unsent work back to the queue now; should that fail, the reaper brings it back."""
+        with contextlib.suppress(*_DB_ERRORS):
+            async with self._pool.acquire() as conn:
+                await release(conn, jobs)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -446,6 +465,7 @@ class Worker:
                 await asyncio.sleep(self._config.flush_interval_seconds)
             batch, self._buffer = self._buffer, []
             await self._settle(batch)
+            await self._adapt(force=self._closing)
             self._wake.set()
 
     async def _settle(self, batch: list[Settlement]) -> None:
@@ -464,6 +484,21 @@ class Worker:
                 log.exception("settling failed unexpectedly; retrying")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _adapt(self, *, force: bool = False) -> None:
+        """Fold what the attempts said into the endpoints' shared limits (best effort: a lost
+        batch of samples only slows the adaptation down)."""
+        now = self._clock.now()
+        if not (force or self._limiter.due(now)):
+            return
+        samples = self._limiter.take(now)
+        if not samples:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                await flow.apply(conn, samples, self._limiter.config)
+        except _DB_ERRORS as exc:
+            log.warning("limiter update failed", extra={"error_class": type(exc).__name__})
 
     async def _shutdown(self) -> None:
         """Let in-flight attempts finish within the grace period, hand back the rest."""

@@ -22,6 +22,7 @@ from dispatcher.http_server import api_runner
 from dispatcher.listener import Listener
 from dispatcher.maintenance import maintain_forever
 from dispatcher.partitions import ensure_partitions
+from dispatcher.queue import QueueLimits
 from dispatcher.sender import delivery_session
 from dispatcher.settings import Settings
 from dispatcher.store.secrets import load_keyring, reseal_legacy
@@ -108,7 +109,7 @@ async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: b
                 listener = Listener(url, runner.wake)
                 for coro, name in (
                     (listener.run(), "listener"),
-                    (refresh_gauges_forever(pool), "gauges"),
+                    (refresh_gauges_forever(pool, QueueLimits.from_settings(settings)), "gauges"),
                     (maintain_forever(pool, settings.retention_days), "maintenance"),
                 ):
                     _ = await stack.enter_async_context(background(coro, name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    arrived: float = field(default_factory=time.monotonic)  # when the request came in
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Script:
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
+    fail_first_attempts: bool = False  # 500 to every X-Delivery-Attempt: 1, else the script
 
 
 class Receiver:
@@ -50,6 +53,8 @@ class Receiver:
         status = script.statuses[0]
         if len(script.statuses) > 1:
             script.statuses.popleft()
+        if script.fail_first_attempts and request.headers.get("X-Delivery-Attempt") == "1":
+            status = 500
         async with self._arrived:
             self.requests.append(Received(request.path, dict(request.headers), body))
             self._arrived.notify_all()

@@ -37,6 +37,7 @@ from api.schemas import (
 from api.urls import checked_url
 from dispatcher.errors import FieldError, NotFound, ValidationFailed
 from dispatcher.models import Endpoint, Principal
+from dispatcher.queue import QueueLimits
 from dispatcher.store import endpoints as store
 from dispatcher.transitions import EVENT_TYPE_CATALOG
 
@@ -111,6 +112,8 @@ async def create_webhook(request: web.Request) -> web.Response:
             metadata=spec.metadata,
             standard_webhooks=spec.standard_webhooks,
             signing=spec.signing,
+            rate_limit_per_second=spec.rate_limit_per_second,
+            ordering=spec.ordering,
         )
         return _show(endpoint_with_secret(endpoint), status=201)
 
@@ -158,8 +161,7 @@ async def get_webhook(request: web.Request) -> web.Response:
             conn,
             endpoint.id,
             clock(request).now(),
-            cap=config.endpoint_concurrency,
-            breaker_threshold=config.breaker_threshold,
+            QueueLimits.from_settings(config),
         )
     if state is None:  # deleted in between
         raise _not_found()
@@ -178,6 +180,9 @@ async def _update(request: web.Request) -> web.Response:
         enabled=spec.enabled,
         metadata=spec.metadata,
         standard_webhooks=spec.standard_webhooks,
+        ordering=spec.ordering,
+        set_rate_limit=spec.sets_rate_limit(),
+        rate_limit_per_second=spec.rate_limit_per_second,
     )
     endpoint: Endpoint | None
     async with pool(request).acquire() as conn:

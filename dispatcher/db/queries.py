@@ -150,17 +150,19 @@ RETURNING id
 
 ENDPOINT_COLUMNS = """
 id, tenant_id, environment, url, url_credentials, description, event_types, enabled,
-disabled_reason, metadata, standard_webhooks, created_at, updated_at, signing, public_key
+disabled_reason, metadata, standard_webhooks, created_at, updated_at, signing, public_key,
+rate_limit_per_second, ordering
 """
 
 # $1 id, $2 tenant_id, $3 environment, $4 url (without credentials), $5 description,
 # $6 event_types, $7 enabled, $8 metadata, $9 standard_webhooks, $10 created_at, $11 signing,
-# $12 public_key (ed25519), $13 sealed URL credentials (NULL: none)
+# $12 public_key (ed25519), $13 sealed URL credentials (NULL: none), $14 rate_limit_per_second,
+# $15 ordering
 INSERT_ENDPOINT = f"""
 INSERT INTO endpoints (id, tenant_id, environment, url, description, event_types, enabled,
                        metadata, standard_webhooks, created_at, updated_at, signing, public_key,
-                       url_credentials)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13)
+                       url_credentials, rate_limit_per_second, ordering)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15)
 RETURNING {ENDPOINT_COLUMNS}
 """
 
@@ -181,10 +183,11 @@ LIMIT $5
 """
 
 # $1 id, $2 tenant_id, $3 environment, $4 url, $5 description, $6 event_types, $7 enabled,
-# $8 metadata, $9 standard_webhooks, $10 updated_at. NULL keeps the column as it is, except
-# description, which $11 (true) clears. A new url ($4, without credentials) replaces the
-# sealed credentials too ($12, NULL when it has none). Enabling gives the endpoint a fresh
-# failure streak.
+# $8 metadata, $9 standard_webhooks, $10 updated_at, $13 ordering. NULL keeps the column as it
+# is, except description, which $11 (true) clears, and the rate limit: $14 (true) sets it to
+# $15 (NULL: no limit), starting afresh (no slot reserved ahead). A new url ($4, without
+# credentials) replaces the sealed credentials too ($12, NULL when it has none). Enabling
+# gives the endpoint a fresh failure streak.
 UPDATE_ENDPOINT = f"""
 WITH updated AS (
 UPDATE endpoints SET
@@ -197,13 +200,18 @@ UPDATE endpoints SET
                            WHEN $7 THEN NULL ELSE 'disabled by tenant' END,
     metadata = COALESCE($8, metadata),
     standard_webhooks = COALESCE($9, standard_webhooks),
+    ordering = COALESCE($13, ordering),
+    rate_limit_per_second = CASE WHEN $14 THEN $15::int ELSE rate_limit_per_second END,
     updated_at = $10
 WHERE id = $1 AND tenant_id = $2 AND environment = $3 AND deleted_at IS NULL
 RETURNING {ENDPOINT_COLUMNS}
 ),
 fresh AS (
-    UPDATE endpoint_state s SET consecutive_failures = 0, circuit_open_until = NULL
-    FROM updated u WHERE s.endpoint_id = u.id AND $7
+    UPDATE endpoint_state s
+    SET consecutive_failures = CASE WHEN $7 THEN 0 ELSE s.consecutive_failures END,
+        circuit_open_until = CASE WHEN $7 THEN NULL ELSE s.circuit_open_until END,
+        rate_tat = CASE WHEN $14 THEN NULL ELSE s.rate_tat END
+    FROM updated u WHERE s.endpoint_id = u.id AND ($7 OR $14)
 )
 SELECT * FROM updated
 """
@@ -253,7 +261,9 @@ WHERE id = $1 AND deleted_at IS NULL
 # $1 endpoint_id -> its live delivery counters and the number of deliveries waiting
 # (pending: due or scheduled for a retry), counted on the endpoint's own queue index
 ENDPOINT_DELIVERY_STATE = """
-SELECT s.in_flight, s.consecutive_failures, s.circuit_open_until,
+SELECT s.in_flight, s.consecutive_failures, s.circuit_open_until, s.concurrency_limit,
+       s.limit_threshold, s.latency_baseline, s.baseline_at, s.limit_decreased_at, s.rate_tat,
+       s.latency_recent,
        (SELECT count(*)::int FROM delivery_queue d
         WHERE d.endpoint_id = s.endpoint_id AND d.worker_id IS NULL) AS pending
 FROM endpoint_state s WHERE s.endpoint_id = $1
@@ -418,19 +428,23 @@ new_events AS (
                 $7::bytea[]) AS t (id, tenant_id, environment, event_type, mailing_id, occurred_at, body)
     JOIN mailings_now w
       ON w.tenant_id = t.tenant_id AND w.environment = t.environment AND w.mailing_id = t.mailing_id
-    RETURNING id, tenant_id, environment, event_type
+    RETURNING id, tenant_id, environment, event_type, mailing_id
 ),
 fanned AS (
+    -- in event order, so that delivery ids follow it (ordering per mailing relies on that)
     INSERT INTO delivery_queue (endpoint_id, tenant_id, event_id, event_created_at, created_at,
-                                next_attempt_at, age_origin)
+                                next_attempt_at, age_origin, mailing_id)
     SELECT ep.id, ev.tenant_id, ev.id, $8, $8,
-           GREATEST($8, COALESCE(st.circuit_open_until, $8)), $8
+           GREATEST($8, COALESCE(st.circuit_open_until, $8)), $8,
+           CASE WHEN ep.ordering = 'mailing' THEN ev.mailing_id END
     FROM new_events ev
+    JOIN unnest($1::text[]) WITH ORDINALITY AS o (id, n) ON o.id = ev.id
     JOIN endpoints ep
       ON ep.tenant_id = ev.tenant_id AND ep.environment = ev.environment
      AND ep.enabled AND ep.deleted_at IS NULL
      AND ep.event_types && ARRAY['*', split_part(ev.event_type, '.', 1) || '.*', ev.event_type]
     LEFT JOIN endpoint_state st ON st.endpoint_id = ep.id
+    ORDER BY o.n, ep.id
     RETURNING 1
 ),"""
     + USAGE_EVENTS_CTE.format(now="$8")
@@ -452,17 +466,24 @@ NOTIFY_DELIVERIES = "SELECT pg_notify('dispatcher_deliveries', '')"
 # (the claim, the reaper and the expiry sweep only ever SKIP LOCKED on queue rows), then
 # history inserts. Nothing takes endpoint_state after a queue row it waits for.
 
-# $1 now, $2 endpoints visited at most, $3 batch size, $4 per-endpoint cap, $5 breaker
+# $1 now, $2 endpoints visited at most, $3 batch size, $4 concurrency ceiling, $5 breaker
 # threshold, $6 lease expiry, $7 endpoint id to start after ('' for the first), $8 the claiming
 # worker's id, $9 tenants with a reduced allowance, $10 their allowance (parallel arrays),
-# $11 the allowance of every other tenant (its fair share of this worker's slots).
+# $11 the allowance of every other tenant (its fair share of this worker's slots), $12
+# concurrency floor, $13 initial concurrency limit, $14 rate-limit horizon and $15 its jitter
+# allowance (microseconds).
 # Walks the endpoints that have pending work (a loose index scan, in id order after $7 and then
 # from the start up to $7, so successive claims rotate over all of them), keeps those with
-# something due that are below their cap and not behind an open circuit, oldest head first,
-# and takes each one's due deliveries from its own index range, a fair share of the batch
-# each: the backlog of a saturated endpoint is never walked past. endpoint_state rows are
-# locked in id order, so the cap is exact across workers. Endpoints of suspended or
-# deleted tenants are skipped (their work waits). Returns everything needed to send.
+# something due that are below their concurrency limit, not behind an open circuit and with a
+# rate-limit slot within the horizon, oldest head first, and takes each one's due deliveries
+# from its own index range, a fair share of the batch each: the backlog of a saturated
+# endpoint is never walked past. An endpoint's concurrency limit is its adaptive one
+# (dispatcher/limiter.py) within [$12, $4], or 1 past the failure threshold; a rate-limited
+# endpoint gets evenly spaced send slots (dispatcher/ratelimit.py), returned as not_before; an
+# endpoint with ordering = 'mailing' skips a delivery while an earlier one of the same mailing
+# is still in the queue. endpoint_state rows are locked in id order, so limits, slots and order
+# are exact across workers. Endpoints of suspended or deleted tenants are skipped (their work
+# waits). Returns everything needed to send.
 CLAIM_DELIVERIES = """
 WITH RECURSIVE pending_endpoints (id, n) AS (
     (SELECT endpoint_id, 1 FROM delivery_queue
@@ -502,51 +523,91 @@ candidates AS (
     JOIN endpoint_state s ON s.endpoint_id = heads.id
     -- the tenant filter: a suspended or deleted tenant's deliveries wait unsent
     JOIN tenants t ON t.id = heads.tenant_id AND t.suspended_at IS NULL AND t.deleted_at IS NULL
-    WHERE s.in_flight < CASE WHEN s.consecutive_failures >= $5 THEN 1 ELSE $4 END
+    JOIN endpoints e ON e.id = heads.id
+    WHERE s.in_flight < CASE WHEN s.consecutive_failures >= $5 THEN 1 ELSE LEAST($4::int,
+              GREATEST($12::int, floor(COALESCE(s.concurrency_limit, $13::int))::int)) END
       AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= $1)
+      AND (e.rate_limit_per_second IS NULL OR s.rate_tat IS NULL
+           OR s.rate_tat <= $1 + $14::bigint * interval '1 microsecond')
     ORDER BY heads.head
     LIMIT $3
 ),
-room AS (
-    SELECT s.endpoint_id AS id,
-           CASE WHEN s.consecutive_failures >= $5 THEN 1 ELSE $4 END - s.in_flight AS free
+state AS (
+    SELECT s.endpoint_id AS id, s.in_flight, s.consecutive_failures, s.concurrency_limit,
+           GREATEST(COALESCE(s.rate_tat, $1), $1) AS slot0
     FROM endpoint_state s
     WHERE s.endpoint_id IN (SELECT id FROM candidates)
       AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= $1)
     ORDER BY s.endpoint_id
     FOR NO KEY UPDATE
 ),
+room AS (
+    SELECT st.id, e.ordering = 'mailing' AS ordered, st.slot0, r.step, st.in_flight AS held,
+           LEAST(CASE WHEN st.consecutive_failures >= $5 THEN 1 ELSE LEAST($4::int,
+                     GREATEST($12::int, floor(COALESCE(st.concurrency_limit, $13::int))::int))
+                 END - st.in_flight,
+                 CASE WHEN r.step IS NULL THEN $3
+                      ELSE GREATEST(floor(($14::bigint - (extract(epoch FROM st.slot0 - $1)
+                                            * 1000000)::bigint)::float8 / r.step)::int + 1, 0)
+                 END) AS free
+    FROM state st
+    JOIN endpoints e ON e.id = st.id
+    -- microseconds between two send slots, rounded up (dispatcher/ratelimit.py)
+    CROSS JOIN LATERAL (SELECT (1000000 + $15::bigint + e.rate_limit_per_second - 1)
+                               / e.rate_limit_per_second AS step) r
+),
 share AS (
     SELECT ceil($3::float8 / GREATEST(count(*), 1))::int AS each FROM room
 ),
 locked AS (
-    SELECT d.id, d.endpoint_id, d.tenant_id, d.next_attempt_at
+    SELECT d.id, d.endpoint_id, d.tenant_id, d.next_attempt_at, room.held
     FROM room
     CROSS JOIN share
     CROSS JOIN LATERAL (SELECT d.id, d.endpoint_id, d.tenant_id, d.next_attempt_at
                         FROM delivery_queue d
                         WHERE d.worker_id IS NULL AND d.endpoint_id = room.id
                           AND d.next_attempt_at <= $1
+                          AND (NOT room.ordered OR d.mailing_id IS NULL OR NOT EXISTS (
+                               SELECT 1 FROM delivery_queue o
+                               WHERE o.endpoint_id = d.endpoint_id
+                                 AND o.mailing_id = d.mailing_id AND o.id < d.id))
                         ORDER BY d.next_attempt_at, d.id
                         LIMIT LEAST(GREATEST(room.free, 0), share.each)
                         FOR UPDATE SKIP LOCKED) d
 ),
+fair AS (
+    -- least in flight first: a delivery's rank is what its endpoint holds already plus its
+    -- place in that endpoint's line, so when slots are scarce (this worker's, or its tenant's
+    -- share) an endpoint holding few goes before one holding many (a slow one, say)
+    SELECT l.*, l.held + row_number() OVER (PARTITION BY l.endpoint_id
+                                            ORDER BY l.next_attempt_at, l.id) AS turn
+    FROM locked l
+),
 picked AS (
     -- per-tenant conditions go here: the fair share of this worker's slots (and, e.g., a
     -- suspended tenant's allowance of 0)
-    SELECT r.id, r.endpoint_id
-    FROM (SELECT l.*, row_number() OVER (PARTITION BY l.tenant_id
-                                         ORDER BY l.next_attempt_at, l.id) AS k
-          FROM locked l) r
+    SELECT r.id, r.endpoint_id, r.next_attempt_at
+    FROM (SELECT f.*, row_number() OVER (PARTITION BY f.tenant_id
+                                         ORDER BY f.turn, f.next_attempt_at, f.id) AS k
+          FROM fair f) r
     LEFT JOIN unnest($9::text[], $10::int[]) AS t (tenant_id, allowance)
       ON t.tenant_id = r.tenant_id
     WHERE r.k <= COALESCE(t.allowance, $11)
-    ORDER BY r.next_attempt_at, r.id
+    ORDER BY r.turn, r.next_attempt_at, r.id
     LIMIT $3
 ),
+ranked AS (
+    SELECT p.id, row_number() OVER (PARTITION BY p.endpoint_id
+                                    ORDER BY p.next_attempt_at, p.id) AS rn
+    FROM picked p
+),
 counted AS (
-    UPDATE endpoint_state s SET in_flight = s.in_flight + p.n
+    UPDATE endpoint_state s
+    SET in_flight = s.in_flight + p.n,
+        rate_tat = CASE WHEN room.step IS NULL THEN s.rate_tat
+                        ELSE room.slot0 + (p.n * room.step) * interval '1 microsecond' END
     FROM (SELECT endpoint_id, count(*) AS n FROM picked GROUP BY endpoint_id) p
+    JOIN room ON room.id = p.endpoint_id
     WHERE s.endpoint_id = p.endpoint_id
 ),
 claimed AS (
@@ -562,8 +623,12 @@ SELECT c.id, c.event_id, c.endpoint_id, c.tenant_id, c.attempts, ev.event_type,
        ev.body, ep.url, ep.url_credentials, ep.standard_webhooks, ep.signing, ep.environment,
        ARRAY(SELECT s.secret FROM endpoint_secrets s
              WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)
-             ORDER BY s.created_at, s.id) AS secrets
+             ORDER BY s.created_at, s.id) AS secrets,
+       CASE WHEN room.step IS NOT NULL
+            THEN room.slot0 + ((rk.rn - 1) * room.step) * interval '1 microsecond' END AS not_before
 FROM claimed c
+JOIN ranked rk ON rk.id = c.id
+JOIN room ON room.id = c.endpoint_id
 JOIN events ev ON ev.id = c.event_id AND ev.created_at = c.event_created_at
 JOIN endpoints ep ON ep.id = c.endpoint_id
 """
@@ -589,6 +654,26 @@ SELECT dispatcher_settle($1, $2, $3::bigint[], $4::int[], $5::timestamptz[], $6:
                          $17::text[], $18::bool[], $19::int[], $20::int, $21::float8, $22::float8)
 """
 )
+
+# $1 endpoint_ids -> their adaptive-concurrency state and requests in flight, locked in id
+# order (first in the lock order) until the new state is saved
+LOCK_LIMITERS = """
+SELECT endpoint_id AS id, in_flight, concurrency_limit, limit_threshold, latency_baseline,
+       baseline_at, limit_decreased_at, latency_recent
+FROM endpoint_state WHERE endpoint_id = ANY($1::text[]) ORDER BY endpoint_id FOR NO KEY UPDATE
+"""
+
+# $1 endpoint_ids, $2 limits, $3 thresholds (NULL: slow start), $4 baselines (seconds),
+# $5 baseline_ats, $6 decreased_ats, $7 recent latencies (seconds)
+SAVE_LIMITERS = """
+UPDATE endpoint_state s
+SET concurrency_limit = u.lim, limit_threshold = u.threshold, latency_baseline = u.baseline,
+    baseline_at = u.baseline_at, limit_decreased_at = u.decreased_at, latency_recent = u.recent
+FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[], $5::timestamptz[],
+            $6::timestamptz[], $7::float8[])
+     AS u (id, lim, threshold, baseline, baseline_at, decreased_at, recent)
+WHERE s.endpoint_id = u.id
+"""
 
 # $1 endpoint_ids -> locks their delivery state in id order (first in the lock order)
 LOCK_ENDPOINT_STATE = """
@@ -694,6 +779,18 @@ FROM endpoints e LEFT JOIN endpoint_state s ON s.endpoint_id = e.id
 WHERE e.deleted_at IS NULL GROUP BY 1
 """
 
+# $1 now, $2 concurrency ceiling, $3 floor, $4 initial limit, $5 breaker threshold -> how many
+# live endpoints are at their concurrency limit (as the claim computes it) and how many wait
+# for their next rate-limit slot
+ENDPOINT_FLOW_COUNTS = """
+SELECT count(*) FILTER (WHERE s.in_flight >= CASE WHEN s.consecutive_failures >= $5 THEN 1
+           ELSE LEAST($2::int, GREATEST($3::int, floor(COALESCE(s.concurrency_limit, $4::int))::int))
+           END)::int AS concurrency,
+       count(*) FILTER (WHERE s.rate_tat > $1)::int AS rate
+FROM endpoints e JOIN endpoint_state s ON s.endpoint_id = e.id
+WHERE e.deleted_at IS NULL AND e.enabled
+"""
+
 # ---- retention ----------------------------------------------------------------------------
 
 # $1 range start, $2 range end -> whether a live delivery's event lies in [start, end): an
@@ -770,9 +867,13 @@ WHERE d.id = $1 AND ep.tenant_id = $2 AND ep.environment = $3
 _requeue_final = """
 INSERT INTO delivery_queue (id, endpoint_id, tenant_id, event_id, event_created_at, created_at,
                             next_attempt_at, age_origin, attempts, attempts_before_replay,
-                            generation, replayed_at, last_status_code, last_outcome)
+                            generation, replayed_at, last_status_code, last_outcome, mailing_id)
 SELECT t.id, t.endpoint_id, t.tenant_id, t.event_id, t.event_created_at, t.created_at, $NOW,
-       $NOW, t.attempts, t.attempts, t.generation + 1, $NOW, t.last_status_code, t.last_outcome
+       $NOW, t.attempts, t.attempts, t.generation + 1, $NOW, t.last_status_code, t.last_outcome,
+       -- an ordered endpoint's replay takes its place in its mailing's order again
+       (SELECT ev.mailing_id FROM events ev JOIN endpoints ep ON ep.id = t.endpoint_id
+        WHERE ev.id = t.event_id AND ev.created_at = t.event_created_at
+          AND ep.ordering = 'mailing')
 FROM targets t WHERE t.status IN ('succeeded', 'dead', 'cancelled')
 ON CONFLICT (id) DO NOTHING
 RETURNING id

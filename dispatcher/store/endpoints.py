@@ -12,9 +12,11 @@ import asyncpg
 from dispatcher import ids
 from dispatcher.db import queries as q
 from dispatcher.errors import FieldError, ValidationFailed
+from dispatcher.flow import state_from_row
 from dispatcher.ids import EndpointId
-from dispatcher.models import DeliveryState, Endpoint, Principal
-from dispatcher.queue import cancel_pending
+from dispatcher.limiter import allowed
+from dispatcher.models import DeliveryState, Endpoint, Ordering, Principal
+from dispatcher.queue import QueueLimits, cancel_pending
 from dispatcher.signing import (
     ED25519,
     HMAC,
@@ -43,6 +45,9 @@ class EndpointChanges:
     enabled: bool | None = None
     metadata: dict[str, Any] | None = None
     standard_webhooks: bool | None = None
+    ordering: Ordering | None = None
+    set_rate_limit: bool = False  # with rate_limit_per_second (None: remove the limit)
+    rate_limit_per_second: int | None = None
 
 
 async def create_endpoint(
@@ -58,6 +63,8 @@ async def create_endpoint(
     metadata: dict[str, Any] | None = None,
     standard_webhooks: bool = False,
     signing: str = HMAC,
+    rate_limit_per_second: int | None = None,
+    ordering: Ordering = Ordering.NONE,
 ) -> Endpoint:
     """A new endpoint with its first secret (given or generated) or its first key pair.
 
@@ -83,6 +90,8 @@ async def create_endpoint(
             signing,
             _public_key(signing, material),
             credentials,
+            rate_limit_per_second,
+            ordering.value,
         )
         await conn.execute(q.INSERT_SECRET, endpoint_id, seal_secret(endpoint_id, material), now)
     endpoint = _endpoint(row)
@@ -167,6 +176,9 @@ async def update_endpoint(
             now,
             changes.clear_description,
             credentials,
+            changes.ordering.value if changes.ordering else None,
+            changes.set_rate_limit,
+            changes.rate_limit_per_second,
         )
         if row is not None and changes.enabled is False:
             await cancel_pending(conn, endpoint_id, now)
@@ -235,10 +247,16 @@ async def active_secrets(
 
 
 async def delivery_state(
-    conn: asyncpg.Connection, endpoint_id: str, now: datetime, *, cap: int, breaker_threshold: int
+    conn: asyncpg.Connection, endpoint_id: str, now: datetime, limits: QueueLimits
 ) -> DeliveryState | None:
     """The endpoint's live delivery state, as every worker process currently shares it."""
     row = await conn.fetchrow(q.ENDPOINT_DELIVERY_STATE, endpoint_id)
     if row is None:
         return None
-    return DeliveryState.from_row(row, now, cap=cap, breaker_threshold=breaker_threshold)
+    config = limits.limiter()
+    return DeliveryState.from_row(
+        row,
+        now,
+        adaptive_limit=allowed(state_from_row(row, config), config),
+        breaker_threshold=limits.breaker_threshold,
+    )

@@ -12,7 +12,7 @@ from dispatcher.queue import QueueLimits, claim
 from tests.conftest import TenantKeys
 from tests.integration.conftest import Client, World
 
-DEFAULT_CAP = 16  # DISPATCHER_ENDPOINT_CONCURRENCY's default
+INITIAL_LIMIT = 8  # where a new endpoint's adaptive limit starts (dispatcher/limiter.py)
 
 
 async def _state(client: Client, keys: TenantKeys, endpoint_id: str) -> dict[str, Any]:
@@ -41,7 +41,7 @@ async def test_live_state_through_a_failure_streak_and_recovery(
     assert await _state(client, acme, endpoint.id) == {
         "circuit": "closed",
         "circuit_open_until": None,
-        "concurrency_limit": DEFAULT_CAP,
+        "concurrency_limit": INITIAL_LIMIT,
         "in_flight": 0,
         "pending": 7,
     }
@@ -76,7 +76,9 @@ async def test_live_state_through_a_failure_streak_and_recovery(
     assert await _state(client, acme, endpoint.id) == {
         "circuit": "closed",
         "circuit_open_until": None,
-        "concurrency_limit": DEFAULT_CAP,
+        # the 500s halved it once (8 -> 4: they all started before the cut), and each of the
+        # seven successes since added 1/limit (additive increase after an overload): 4 -> 5.5
+        "concurrency_limit": 5,
         "in_flight": 0,
         "pending": 0,
     }

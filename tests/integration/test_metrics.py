@@ -27,6 +27,7 @@ from dispatcher.events import Transition, record_transitions
 from dispatcher.gauges import refresh_gauges
 from dispatcher.models import Environment, Principal
 from dispatcher.policy import Outcome, RetryPolicy
+from dispatcher.queue import QueueLimits, claim
 from dispatcher.retention import BOUNDED_TABLES
 from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
@@ -280,6 +281,9 @@ async def test_gauges_reflect_the_backlog_after_a_refresh(
     assert got.get("webhook_endpoints", state="disabled") == 1
     assert got.get("webhook_endpoints", state="circuit_open") == 1
 
+    assert got.get("webhook_endpoints_limited", reason="concurrency") == 0
+    assert got.get("webhook_endpoints_limited", reason="rate") == 0
+
     clock.advance(3601)  # past the open circuit, which postponed its endpoint's backlog
     await worker(pool, session, clock).drain()
     await refresh_gauges(pool, now=clock.now())
@@ -294,6 +298,7 @@ BOUNDED = {
     "outcome": {o.value for o in Outcome},
     "state": {"enabled", "disabled", "circuit_open"},
     "table": set(BOUNDED_TABLES),
+    "reason": {"concurrency", "rate"},
 }
 
 
@@ -367,3 +372,27 @@ async def test_a_taken_metrics_port_fails_start_up_only_when_configured(
         async with metrics_listener("127.0.0.1", port, pool, required=False):
             pass  # the default port: a warning, and the worker runs on
     assert "running without /metrics" in caplog.text
+
+
+async def test_endpoints_held_back_by_flow_control_are_counted(
+    pool: asyncpg.Pool, make_tenant: Any, receiver: Any, clock: FakeClock, scrape: Scrape
+) -> None:
+    """One endpoint at its concurrency limit, one waiting for its rate-limit slot, one free."""
+    tenant = await make_tenant()
+    busy = await endpoint(pool, tenant, receiver.url("/busy"), clock)
+    limited = await endpoint(pool, tenant, receiver.url("/limited"), clock)
+    await endpoint(pool, tenant, receiver.url("/idle"), clock)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE endpoints SET rate_limit_per_second = 1 WHERE id = $1", limited)
+    await emit(pool, tenant, clock, count=20)
+    async with pool.acquire() as conn:  # take only what the limits let through, send nothing
+        await conn.execute(
+            "DELETE FROM delivery_queue WHERE endpoint_id NOT IN ($1, $2)", busy, limited
+        )
+        jobs = await claim(conn, clock.now(), 64, QueueLimits(), worker_id=0)
+    assert [j.endpoint_id for j in jobs].count(busy) == 8  # a new endpoint's initial limit
+    assert [j.endpoint_id for j in jobs].count(limited) == 1  # one slot per second
+    await refresh_gauges(pool, now=clock.now())
+    got = await scrape()
+    assert got.get("webhook_endpoints_limited", reason="concurrency") == 1
+    assert got.get("webhook_endpoints_limited", reason="rate") == 1

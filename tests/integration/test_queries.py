@@ -38,6 +38,10 @@ async def test_claim_uses_the_partial_queue_index(pool: asyncpg.Pool) -> None:
             "9": "'{}'::text[]",
             "10": "'{}'::int[]",
             "11": "32",
+            "12": "1",
+            "13": "8",
+            "14": "100000",
+            "15": "20000",
         }
         sql = re.sub(r"\$(\d+)", lambda m: values[m.group(1)], queries.CLAIM_DELIVERIES)
         plan = await conn.fetch("EXPLAIN " + sql)

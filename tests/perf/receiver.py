@@ -1,4 +1,6 @@
-"""A benchmark receiver process: answers at once (or never, on /dead) and records arrivals."""
+"""A benchmark receiver process: answers at once and records arrivals. /dead never answers,
+/slow answers after 1 s, and a path starting with `fail1` answers 500 to every first attempt
+(`X-Delivery-Attempt: 1`) without recording it."""
 
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ async def receive(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name == "dead":
         await asyncio.sleep(3600)
+    if name == "slow":
+        await asyncio.sleep(1)
+    if name.startswith("fail1") and request.headers.get("X-Delivery-Attempt") == "1":
+        return web.Response(status=500, text="try again")
     arrivals.append((name, request.headers.get("X-Event-Id", ""), time.time()))
     return web.Response(text="ok")
 

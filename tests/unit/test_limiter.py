@@ -20,7 +20,7 @@ from dispatcher.limiter import (
 from dispatcher.policy import Outcome
 
 T0 = datetime(2026, 5, 11, 8, 0, tzinfo=UTC)
-CONFIG = LimiterConfig()  # the product defaults: floor 1, ceiling 64, start at 8
+CONFIG = LimiterConfig()  # the product defaults: floor 1, ceiling 32, start at 8
 
 
 def _at(seconds: float) -> datetime:
@@ -85,7 +85,7 @@ AVOIDANCE = LimiterState(20.0, 20.0, baseline=0.010, baseline_at=_at(0), decreas
         # neutral outcomes leave it
         ("a 404 says nothing", AVOIDANCE, Feedback.NEUTRAL, 0.010, 20, 20.0),
         # bounds
-        ("never above the ceiling", LimiterState(64.0), Feedback.SUCCESS, 0.005, 64, 64.0),
+        ("never above the ceiling", LimiterState(32.0), Feedback.SUCCESS, 0.005, 32, 32.0),
         ("never below the floor", LimiterState(1.0, 1.0), Feedback.OVERLOAD, 0.005, 1, 1.0),
     ],
 )
@@ -140,7 +140,7 @@ def test_a_permanently_slower_endpoint_gets_a_new_baseline() -> None:
     state = _run(clock, state, rounds=600, answer=(Feedback.SUCCESS, 0.100))
     assert state.baseline is not None and state.baseline > 0.08  # two time constants: 86%
     assert state.decreased_at is not None and state.decreased_at < T0 + timedelta(seconds=30)
-    assert allowed(state, CONFIG) == 64
+    assert allowed(state, CONFIG) == 32
 
 
 def test_neutral_and_overload_keep_the_baseline() -> None:
@@ -152,7 +152,7 @@ def test_neutral_and_overload_keep_the_baseline() -> None:
 def test_allowed_is_the_whole_limit_within_bounds() -> None:
     assert allowed(LimiterState(limit=9.99), CONFIG) == 9
     assert allowed(LimiterState(limit=0.2), CONFIG) == 1
-    assert allowed(LimiterState(limit=500.0), CONFIG) == 64
+    assert allowed(LimiterState(limit=500.0), CONFIG) == 32
     narrow = LimiterConfig(floor=2, ceiling=4, initial=16)
     assert initial_state(narrow).limit == 4.0
     assert allowed(LimiterState(limit=1.0), narrow) == 2
@@ -203,14 +203,14 @@ def _run(
 def test_a_fast_healthy_endpoint_reaches_the_ceiling_quickly() -> None:
     clock = FakeClock(T0)
     state = _run(clock, initial_state(CONFIG), rounds=3)
-    assert allowed(state, CONFIG) == 64  # 8 -> 16 -> 32 -> 64: slow start doubles per round
+    assert allowed(state, CONFIG) == 32  # 8 -> 16 -> 32: slow start doubles per round
     assert clock.now() - T0 < timedelta(seconds=0.1)
 
 
 def test_a_dead_endpoint_falls_to_the_floor() -> None:
     clock = FakeClock(T0)
-    state = _run(clock, LimiterState(limit=64.0), rounds=7, answer=(Feedback.OVERLOAD, 5.0))
-    assert allowed(state, CONFIG) == 1  # one halving per 5 s window: 64 -> 1 in six windows
+    state = _run(clock, LimiterState(limit=32.0), rounds=6, answer=(Feedback.OVERLOAD, 5.0))
+    assert allowed(state, CONFIG) == 1  # one halving per 5 s window: 32 -> 1 in five windows
 
 
 def test_an_endpoint_with_limited_capacity_settles_near_it() -> None:
@@ -227,8 +227,19 @@ def test_an_endpoint_with_limited_capacity_settles_near_it() -> None:
 
 def test_recovery_after_an_outage_is_additive() -> None:
     clock = FakeClock(T0)
-    state = _run(clock, LimiterState(limit=64.0), rounds=3, answer=(Feedback.OVERLOAD, 1.0))
+    state = _run(clock, LimiterState(limit=32.0), rounds=2, answer=(Feedback.OVERLOAD, 1.0))
     low = allowed(state, CONFIG)
     assert low == 8
     state = _run(clock, state, rounds=4)
     assert low < allowed(state, CONFIG) <= low + 4  # about +1 per round trip, not doubling
+
+
+def test_one_slow_answer_does_not_cut_but_a_sustained_rise_does() -> None:
+    """The latency signal is the recent average: a hiccup passes, a slowdown does not."""
+    state = LimiterState(20.0, 20.0, baseline=0.002, baseline_at=_at(0), recent=0.002)
+    spiked = next_limit(state, Feedback.SUCCESS, 0.150, _at(0.1), CONFIG, in_flight=20)
+    assert spiked.limit > state.limit  # 0.002 + 0.148 * 0.1 = 17 ms: under the 20 ms rise
+    slowed = state
+    for i in range(10):
+        slowed = next_limit(slowed, Feedback.SUCCESS, 0.150, _at(0.2 + i / 100), CONFIG)
+    assert slowed.limit < state.limit  # the average crossed 22 ms: cut

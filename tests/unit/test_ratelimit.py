@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dispatcher.ratelimit import MAX_RATE_PER_SECOND, interval, next_slot, reserve
+from dispatcher.ratelimit import (
+    JITTER_ALLOWANCE_MICROSECONDS,
+    MAX_RATE_PER_SECOND,
+    interval,
+    missed,
+    next_slot,
+    reserve,
+)
 
 T0 = datetime(2026, 5, 11, 8, 0, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -19,9 +26,11 @@ def _ms(n: float) -> datetime:
 
 @pytest.mark.parametrize(
     ("rate", "micros"),
-    [(1, 1_000_000), (2, 500_000), (3, 333_334), (50, 20_000), (7, 142_858), (10_000, 100)],
+    [(1, 1_020_000), (2, 510_000), (3, 340_000), (50, 20_400), (7, 145_715), (10_000, 102)],
 )
-def test_interval_rounds_up_to_the_microsecond(rate: int, micros: int) -> None:
+def test_interval_leaves_room_for_jitter_and_rounds_up_to_the_microsecond(
+    rate: int, micros: int
+) -> None:
     assert interval(rate) == timedelta(microseconds=micros)
 
 
@@ -34,13 +43,13 @@ def test_interval_refuses_rates_out_of_range(rate: int) -> None:
 @pytest.mark.parametrize(
     ("name", "tat", "now_ms", "rate", "wanted", "horizon_ms", "slots_ms", "tat_ms"),
     [
-        ("never used: starts now", None, 0, 50, 3, 100, [0, 20, 40], 60),
-        ("horizon bounds the batch", None, 0, 50, 10, 100, [0, 20, 40, 60, 80, 100], 120),
-        ("idle past tat: starts now", _ms(-500), 0, 50, 2, 100, [0, 20], 40),
-        ("waits for tat", _ms(30), 0, 50, 2, 100, [30, 50], 70),
+        ("never used: starts now", None, 0, 50, 3, 100, [0, 20.4, 40.8], 61.2),
+        ("horizon bounds the batch", None, 0, 50, 10, 100, [0, 20.4, 40.8, 61.2, 81.6], 102),
+        ("idle past tat: starts now", _ms(-500), 0, 50, 2, 100, [0, 20.4], 40.8),
+        ("waits for tat", _ms(30), 0, 50, 2, 100, [30, 50.4], 70.8),
         ("tat beyond horizon: nothing", _ms(150), 0, 50, 5, 100, [], 150),
         ("nothing wanted", _ms(10), 0, 50, 0, 100, [], 10),
-        ("zero horizon: only a due slot", None, 0, 10, 5, 0, [0], 100),
+        ("zero horizon: only a due slot", None, 0, 10, 5, 0, [0], 102),
     ],
 )
 def test_reserve(
@@ -71,7 +80,8 @@ def test_next_slot() -> None:
 @pytest.mark.parametrize("rate", [1, 3, 7, 50, 333, 1000])
 def test_no_one_second_window_ever_holds_more_than_the_rate(rate: int) -> None:
     """Three workers claiming at random moments, each under the row lock in turn: the
-    slots they get, merged, never put more than `rate` starts in any [t, t + 1 s)."""
+    slots they get, merged, each delayed by up to the jitter allowance (scheduling, network),
+    never put more than `rate` arrivals in any [t, t + 1 s)."""
     rng = random.Random(rate)
     tat: datetime | None = None
     now = T0
@@ -82,11 +92,19 @@ def test_no_one_second_window_ever_holds_more_than_the_rate(rate: int) -> None:
         tat = got.tat
         assert all(s >= now for s in got.slots)  # never a slot in the past
         starts += got.slots
-    starts.sort()
     assert len(starts) >= rate * 4  # and the rate is actually used
+    allowance = JITTER_ALLOWANCE_MICROSECONDS
+    starts = sorted(s + timedelta(microseconds=rng.randrange(0, allowance)) for s in starts)
     second = timedelta(seconds=1)
     j = 0
     for i, start in enumerate(starts):
         while j < len(starts) and starts[j] < start + second:
             j += 1
         assert j - i <= rate, f"{j - i} starts within 1 s from {start}"
+
+
+@pytest.mark.parametrize(
+    ("late_ms", "missed_it"), [(0, False), (5, False), (10, False), (10.001, True), (80, True)]
+)
+def test_a_slot_is_missed_beyond_the_start_tolerance(late_ms: float, missed_it: bool) -> None:
+    assert missed(T0, T0 + late_ms * MS) is missed_it
