@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # history (events, attempts, outcomes) is kept this long, then removed by whole partitions
     retention_days: int = Field(default=30, ge=1, le=3650)
 
-    worker_concurrency: int = Field(default=64, ge=1, le=10000)
+    worker_concurrency: int = Field(default=128, ge=1, le=10000)
     # the adaptive per-endpoint concurrency limit stays within [floor, ceiling]
     endpoint_concurrency: int = Field(default=32, ge=1, le=1000)
     endpoint_concurrency_floor: int = Field(default=1, ge=1, le=1000)

@@ -53,7 +53,7 @@ _DB_ERRORS = DB_ERRORS
 
 @dataclass
 class WorkerConfig:
-    concurrency: int = 64
+    concurrency: int = 128
     batch_size: int = 64
     attempt_timeout_seconds: float = 5.0
     poll_interval_seconds: float = 5.0

@@ -17,6 +17,7 @@ import pytest
 
 from dispatcher import attempt as attempt_module
 from dispatcher import metrics
+from dispatcher.listener import Listener
 from dispatcher.liveness import Liveness
 from dispatcher.queue import QueueLimits, claim, reap, settle
 from dispatcher.sender import delivery_session
@@ -33,13 +34,22 @@ async def _until(check: Callable[[], Awaitable[bool]], limit: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
+async def running(worker: Worker, database_url: str | None = None) -> AsyncIterator[Worker]:
+    """The worker's loop, and (given the database) the LISTEN that wakes it, as in serve."""
+    listener = Listener(database_url, worker.wake) if database_url else None
+    woken = asyncio.create_task(listener.run()) if listener else None
+    if listener is not None:
+        await asyncio.wait_for(listener.connected.wait(), 10)
     task = asyncio.create_task(worker.run())
     try:
         yield worker
     finally:
         worker.stop()
         await task
+        if woken is not None:
+            woken.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await woken
 
 
 async def _attempt_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
@@ -178,19 +188,21 @@ async def test_a_worker_declared_dead_cannot_overwrite_the_newer_attempt(
 
 
 async def test_one_tenants_hanging_endpoints_do_not_starve_another_tenant(
-    world: Any, make_tenant: Any, acme: TenantKeys
+    world: Any, make_tenant: Any, acme: TenantKeys, database_url: str
 ) -> None:
     noisy = await make_tenant("Noisy")
-    for n in range(5):  # never answer within the attempt timeout
+    # 9 endpoints that never answer within the attempt timeout: room for 9 x 16 = 144
+    # attempts, more than a worker's 128 slots, so without a share the noisy tenant takes all
+    for n in range(9):
         world.receiver.script(f"/hang/{n}", 200, delay=60)
         await world.endpoint(noisy, f"/hang/{n}")
     quiet = await world.endpoint(acme, "/quiet")
     for n in range(40):
         await world.emit(noisy, f"ml_{n}", "created")
-    config = WorkerConfig(allow_private_targets=True)  # 64 slots, tenant share 0.5
-    async with delivery_session(allow_private=True, max_connections=128) as session:
+    config = WorkerConfig(allow_private_targets=True)  # 128 slots, tenant share 0.5
+    async with delivery_session(allow_private=True, max_connections=160) as session:
         worker = Worker(world.pool, session, config, clock=world.clock, rng=world.rng)
-        async with running(worker):
+        async with running(worker, database_url):
             hanging = config.tenant_slots
 
             async def noisy_at_its_share() -> bool:
@@ -202,7 +214,7 @@ async def test_one_tenants_hanging_endpoints_do_not_starve_another_tenant(
             # observed when the quiet tenant's request arrived: the noisy tenant held no
             # more than its share, and not one of its attempts had finished (all still hang)
             noisy_requests = [r for r in world.receiver.requests if r.path != "/quiet"]
-            assert len(noisy_requests) == hanging == 32
+            assert len(noisy_requests) == hanging == 64
             assert await _attempt_rows(world.pool) == []
     assert await world.statuses(quiet) == ["succeeded"]
 

@@ -125,7 +125,7 @@ class Bench:
             DISPATCHER_PORT=str(self.api_port),
             DISPATCHER_SHUTDOWN_GRACE_SECONDS="1",
             DISPATCHER_DB_POOL_MAX_SIZE="20",
-            DISPATCHER_WORKER_CONCURRENCY=str(CONCURRENCY),
+            # the default worker: 128 slots, one tenant at most half of them (= CONCURRENCY)
         )
         env.update({f"DISPATCHER_{k.upper()}": str(v) for k, v in extra.items()})
         return env
