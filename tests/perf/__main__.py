@@ -46,7 +46,7 @@ CONCURRENCY = 64
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # Throughput runs let the worker hold as many requests in flight as the ceiling's client,
 # whichever endpoint they go to. Latency and isolation runs keep the product defaults
-# (an adaptive limit of up to 32 per endpoint, 64 per worker), which is what keeps a dead
+# (an adaptive limit of up to 32 per endpoint, 128 per worker), which is what keeps a dead
 # endpoint from taking every slot.
 THROUGHPUT = {"endpoint_concurrency": CONCURRENCY}
 SAMPLE_BODY = orjson.dumps(
