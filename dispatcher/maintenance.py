@@ -28,17 +28,18 @@ async def maintain(pool: asyncpg.Pool, now: datetime, retention_days: int) -> Re
     """One round: remove expired history, then refresh the gauges of what is kept."""
     async with pool.acquire() as conn:
         report = await apply_retention(conn, now, retention_days)
+        # said before anything else can fail: what went is logged whatever happens next
+        for removal in report.removed:
+            what = removal.partition or "expired rows"
+            log.info(f"retention removed {what} of {removal.table} ({removal.rows} rows)")
+        for kept in report.kept:
+            log.info(f"retention kept {kept.partition} of {kept.table}: {kept.reason}")
+        if not report.busy:  # a busy round means another process is doing it right now
+            metrics.RETENTION_LAST_RUN.set(now.timestamp())
         await refresh_retained_gauges(conn, now)
         purged = await purge_deleted_tenants(conn)
     if purged:
         log.info(f"finished removing {purged} deleted tenants")
-    if not report.busy:  # a busy round means another process is doing it right now
-        metrics.RETENTION_LAST_RUN.set(now.timestamp())
-    for removal in report.removed:
-        what = removal.partition or "expired rows"
-        log.info(f"retention removed {what} of {removal.table} ({removal.rows} rows)")
-    for kept in report.kept:
-        log.info(f"retention kept {kept.partition} of {kept.table}: {kept.reason}")
     return report
 
 

@@ -874,7 +874,11 @@ SELECT t.id, t.endpoint_id, t.tenant_id, t.event_id, t.event_created_at, t.creat
        (SELECT ev.mailing_id FROM events ev JOIN endpoints ep ON ep.id = t.endpoint_id
         WHERE ev.id = t.event_id AND ev.created_at = t.event_created_at
           AND ep.ordering = 'mailing')
-FROM targets t WHERE t.status IN ('succeeded', 'dead', 'cancelled')
+FROM targets t
+WHERE t.status IN ('succeeded', 'dead', 'cancelled')
+  -- retention may have removed the event of an old outcome: nothing left to send
+  AND EXISTS (SELECT 1 FROM events ev
+              WHERE ev.id = t.event_id AND ev.created_at = t.event_created_at)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """

@@ -59,6 +59,10 @@ def process_env(database_url: str, **settings: Any) -> dict[str, str]:
     env["DISPATCHER_ALLOW_PRIVATE_TARGETS"] = "true"
     env["DISPATCHER_LOG_FORMAT"] = "json"
     env["DISPATCHER_METRICS_PORT"] = "0"  # several workers share the host; tests opt in
+    # other tests write history on a fake clock months behind the wall clock: a process here
+    # must not drop those days while the next test empties the tables (test_retention_process
+    # sets the default back)
+    env["DISPATCHER_RETENTION_DAYS"] = "3650"
     for key, value in settings.items():
         env[f"DISPATCHER_{key.upper()}"] = str(value)
     return env

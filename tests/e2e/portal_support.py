@@ -65,6 +65,8 @@ async def portal_server(
         DISPATCHER_ENCRYPTION_KEY=ENCRYPTION_KEY,  # the key the tests' own writes seal with
         DISPATCHER_ALLOW_PRIVATE_TARGETS="true",
         DISPATCHER_LOG_FORMAT="json",
+        # other tests' history is on a fake clock months back: not this server's to drop
+        DISPATCHER_RETENTION_DAYS="3650",
         # a failing receiver is dead-lettered within seconds; the breaker stays out of the way
         DISPATCHER_RETRY_BASE_SECONDS="0.2",
         DISPATCHER_RETRY_MAX_DELAY_SECONDS="0.5",

@@ -1,4 +1,5 @@
-"""A worker process applies retention on its own as it starts, with the default settings."""
+"""A worker process applies retention on its own as it starts, with the default settings:
+expired history partitions and mailing state go."""
 
 from __future__ import annotations
 
@@ -27,13 +28,20 @@ async def test_a_starting_worker_removes_what_is_older_than_the_retention(
                 now - timedelta(days=age),
             )
 
+        old_day = (now - timedelta(days=40)).date()
+        await conn.fetchval("SELECT dispatcher_ensure_partition('events', $1)", old_day)
+    old_partition = f"events_p{old_day:%Y%m%d}"
+
     async def trimmed() -> bool:
         async with pool.acquire() as conn:
             left = await conn.fetch("SELECT mailing_id FROM mailings")
-        return [r["mailing_id"] for r in left] == ["ml_recent"]
+            partition = await conn.fetchval("SELECT to_regclass($1)", old_partition)
+        return [r["mailing_id"] for r in left] == ["ml_recent"] and partition is None
 
-    worker = start_process("worker")
+    worker = start_process("worker", retention_days=30)  # the default (the suite sets more)
     await wait_until(trimmed)
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
-    assert "retention removed expired rows of mailings (1 rows)" in worker.output()
+    said = worker.output()
+    assert "retention removed expired rows of mailings (1 rows)" in said, said[-3000:]
+    assert f"retention removed {old_partition} of events" in said, said[-3000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,6 +19,12 @@ from dispatcher import retention
 from dispatcher.clock import FakeClock
 from dispatcher.db import queries as q
 from dispatcher.retention import apply_retention, partition_span
+from dispatcher.store.deliveries import (
+    DeadLetterFilter,
+    count_dead_letters,
+    replay_dead_letters,
+)
+from tests.integration.conftest import World
 from tests.integration.history_tables import Scratch, add_partition
 
 DAY = timedelta(days=1)
@@ -272,3 +279,28 @@ async def test_a_trim_batch_reads_only_its_own_pages(pool: asyncpg.Pool, query: 
         )
     text = "\n".join(r[0] for r in plan)
     assert "Tid Range Scan" in text, text
+
+
+async def test_a_dead_letter_whose_event_was_removed_is_not_requeued(
+    pool: asyncpg.Pool, clock: FakeClock, world: World, make_tenant: Any, receiver: Any
+) -> None:
+    """Outcomes are kept by the day they ended, events by the day they were accepted: for a
+    while a dead letter outlives its event. Replaying it then re-queues nothing (there is no
+    body left to send) rather than a delivery no worker could ever send."""
+    tenant = await make_tenant()
+    receiver.script("/down", 500)
+    await world.endpoint(tenant, "/down")
+    clock.set(datetime(2026, 5, 11, 23, 59, tzinfo=UTC))
+    await world.emit(tenant, "ml_1", "created")
+    await world.drain(max_age_seconds=120)
+    clock.set(datetime(2026, 5, 12, 0, 5, tzinfo=UTC))
+    await world.drain(max_age_seconds=120)  # dead: its outcome ends on the 12th
+    where = DeadLetterFilter(tenant_id=tenant.tenant_id)
+    async with pool.acquire() as conn:
+        assert (await count_dead_letters(conn, where))[0] == 1
+        clock.set(datetime(2026, 6, 11, 0, 30, tzinfo=UTC))
+        report = await apply_retention(conn, clock.now(), 30)
+        gone = {r.partition for r in report.removed}
+        assert "events_p20260511" in gone and "delivery_outcomes_p20260512" not in gone
+        assert await replay_dead_letters(conn, where, clock.now()) == 0
+        assert await conn.fetchval("SELECT count(*) FROM delivery_queue") == 0

@@ -1,5 +1,8 @@
 """Benchmark: `python -m tests.perf [--runs 3] [--events 5000] [--json out.json]`.
 
+`python -m tests.perf --soak` runs the retention soak instead (tests/perf/soak.py): weeks of
+simulated days at a steady stream, then 10 million rows of history.
+
 Starts everything itself on this machine (embedded PostgreSQL, `dispatcher api` and
 `dispatcher worker` processes, a receiver process) and prints one JSON object and a Markdown
 table. Every figure is the median of `--runs` runs with its min-max range.
@@ -688,16 +691,42 @@ def main() -> None:
         choices=SECTIONS,
         help="run only this section (repeatable); the ceiling always runs. Default: all",
     )
+    soak = parser.add_argument_group("soak (retention)")
+    soak.add_argument("--soak", action="store_true", help="run the retention soak instead")
+    soak.add_argument("--soak-days", type=int, default=40, help="simulated days (40; 0 skips them)")
+    soak.add_argument(
+        "--soak-events-per-day", type=int, default=2000, help="transitions a day (2000)"
+    )
+    soak.add_argument(
+        "--soak-history-rows",
+        type=int,
+        default=10_000_000,
+        help="deliveries of history written by SQL for the claim and removal figures"
+        " (10M; 0 skips them)",
+    )
+    soak.add_argument(
+        "--soak-partition-rows",
+        type=int,
+        default=1_000_000,
+        help="deliveries in the expired day that retention removes (1M)",
+    )
     args = parser.parse_args()
     import uvloop
 
     started = time.perf_counter()
-    results = uvloop.run(run(args))
+    if args.soak:
+        from tests.perf.soak import run_soak, soak_table
+
+        results = uvloop.run(run_soak(args))
+        render = soak_table
+    else:
+        results = uvloop.run(run(args))
+        render = table
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
     print(text)
     print()
-    print(table(results))
+    print(render(results["figures"] if args.soak else results))
     if args.json:
         args.json.write_text(text)
 
