@@ -17,7 +17,12 @@ import pytest
 from dispatcher.models import Environment, Principal
 from dispatcher.store import endpoints as endpoint_store
 from tests.conftest import ENCRYPTION_KEY
-from tests.e2e.portal_support import portal, portal_browser, portal_server  # noqa: F401
+from tests.e2e.portal_support import (  # noqa: F401
+    portal,
+    portal_browser,
+    portal_database,
+    portal_server,
+)
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

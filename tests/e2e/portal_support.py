@@ -17,16 +17,20 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import pytest
 
+from dispatcher.db.migrate import migrate
+from dispatcher.db.pool import create_pool
 from dispatcher.ids import ApiKeyId, TenantId
 from dispatcher.models import Environment, Principal
 from dispatcher.store import endpoints as endpoint_store
@@ -51,22 +55,61 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
+@dataclass
+class PortalDatabase:
+    url: str
+    pool: asyncpg.Pool
+
+
+@pytest.fixture(scope="module")
+async def portal_database(
+    database_url: str, migrated_pool: asyncpg.Pool
+) -> AsyncIterator[PortalDatabase]:
+    """A database of the module's own on the session's server.
+
+    The module's `serve` runs for every test of the module, while other tests TRUNCATE the
+    session database before each test: sharing it let a TRUNCATE pull rows from under the
+    server's worker (duplicate deliveries, deadlocks in its log). Here nothing else writes.
+    """
+    name = f"portal_{uuid.uuid4().hex[:12]}"
+    async with migrated_pool.acquire() as conn:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await create_pool(url, min_size=1, max_size=5)
+    try:
+        yield PortalDatabase(url, pool)
+    finally:
+        await pool.close()
+        async with migrated_pool.acquire() as conn:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(name="pool")
+def portal_pool(portal_database: PortalDatabase) -> asyncpg.Pool:
+    """The portal tests' `pool`: the module's own database, never truncated under the server
+    (each test makes its own tenants). Import it into a portal test module to use it."""
+    return portal_database.pool
+
+
 @pytest.fixture(scope="module")
 async def portal_server(
-    database_url: str, migrated_pool: asyncpg.Pool, tmp_path_factory: pytest.TempPathFactory
+    portal_database: PortalDatabase, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Server]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     env.update(
-        DISPATCHER_DATABASE_URL=database_url,
+        DISPATCHER_DATABASE_URL=portal_database.url,
         DISPATCHER_PORT=str(port),
         DISPATCHER_METRICS_PORT="0",
         DISPATCHER_PLATFORM_TOKEN=PLATFORM_TOKEN,
         DISPATCHER_ENCRYPTION_KEY=ENCRYPTION_KEY,  # the key the tests' own writes seal with
         DISPATCHER_ALLOW_PRIVATE_TARGETS="true",
         DISPATCHER_LOG_FORMAT="json",
-        # other tests' history is on a fake clock months back: not this server's to drop
-        DISPATCHER_RETENTION_DAYS="3650",
         # a failing receiver is dead-lettered within seconds; the breaker stays out of the way
         DISPATCHER_RETRY_BASE_SECONDS="0.2",
         DISPATCHER_RETRY_MAX_DELAY_SECONDS="0.5",

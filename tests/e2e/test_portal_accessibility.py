@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.e2e.portal_support import (
+from tests.e2e.portal_support import (  # noqa: F401 - portal_pool is the `pool` fixture
     Server,
     Watched,
     emit,
@@ -18,6 +18,7 @@ from tests.e2e.portal_support import (
     open_endpoint,
     open_portal,
     portal_link,
+    portal_pool,
     refresh_until,
 )
 

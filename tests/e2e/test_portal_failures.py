@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.e2e.portal_support import (
+from tests.e2e.portal_support import (  # noqa: F401 - portal_pool is the `pool` fixture
     Server,
     Watched,
     emit,
@@ -17,6 +17,7 @@ from tests.e2e.portal_support import (
     new_tenant,
     open_endpoint,
     portal_link,
+    portal_pool,
     refresh_until,
     screenshot_dir,
 )

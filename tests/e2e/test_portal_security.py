@@ -11,7 +11,7 @@ import pytest
 
 from dispatcher.models import Environment
 from dispatcher.store import portal_sessions
-from tests.e2e.portal_support import (
+from tests.e2e.portal_support import (  # noqa: F401 - portal_pool is the `pool` fixture
     Server,
     Watched,
     emit,
@@ -20,6 +20,7 @@ from tests.e2e.portal_support import (
     open_portal,
     platform,
     portal_link,
+    portal_pool,
 )
 
 REFUSED = "This portal link is no longer valid"

@@ -12,13 +12,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.e2e.portal_support import (
+from tests.e2e.portal_support import (  # noqa: F401 - portal_pool is the `pool` fixture
     Server,
     Watched,
     emit,
     new_tenant,
     open_portal,
     portal_link,
+    portal_pool,
     refresh_until,
     screenshot_dir,
 )
