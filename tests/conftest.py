@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -46,7 +47,25 @@ def database_url() -> Iterator[str]:
         tempfile.TemporaryDirectory(prefix="dispatcher-test-") as tmp,
         embedded_postgres(Path(tmp)) as url,
     ):
+        _no_durability(url)
         yield url
+
+
+def _no_durability(url: str) -> None:
+    """The throwaway test server skips flushing to disk: each test TRUNCATEs every table
+    (hundreds, with the history partitions), and each TRUNCATE would otherwise fsync new files.
+    Crash tests kill processes, never the machine, so the page cache keeps what they need."""
+
+    async def apply() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                await conn.execute(f"ALTER SYSTEM SET {setting} = off")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
+    asyncio.run(apply())
 
 
 @pytest.fixture(scope="session")
@@ -61,16 +80,37 @@ async def migrated_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
+# One round trip that TRUNCATEs only the tables holding rows: the history partitions that
+# fake-clock tests leave behind make "every table" hundreds of relations, each a new file.
+_EMPTY_WHAT_HAS_ROWS = """
+DO $$
+DECLARE
+    t text;
+    names text[] := '{}';
+    has_rows boolean;
+BEGIN
+    FOR t IN
+        SELECT format('%I', c.relname) FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> 'schema_migrations'
+    LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t) INTO has_rows;
+        IF has_rows THEN
+            names := names || t;
+        END IF;
+    END LOOP;
+    IF cardinality(names) > 0 THEN
+        EXECUTE 'TRUNCATE ' || array_to_string(names, ', ') || ' RESTART IDENTITY CASCADE';
+    END IF;
+END $$
+"""
+
+
 @pytest.fixture
 async def pool(migrated_pool: asyncpg.Pool) -> asyncpg.Pool:
     """A clean database: TRUNCATE, not rollback, because NOTIFY and SKIP LOCKED need commits."""
     async with migrated_pool.acquire() as conn:
-        tables = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            " AND tablename <> 'schema_migrations'"
-        )
-        names = ", ".join(f'"{r["tablename"]}"' for r in tables)
-        await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        await conn.execute(_EMPTY_WHAT_HAS_ROWS)
     partitions.forget()  # a test (retention) may have dropped some
     return migrated_pool
 
