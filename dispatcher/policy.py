@@ -140,60 +140,61 @@ class RetryPolicy:
         if bad:
             raise ValueError(f"invalid retry policy: {', '.join(bad)}")
 
-    def nominal_delay(self, attempt: int) -> float:
-        """Backoff after attempt ``attempt`` (1-based), before jitter."""
-        if attempt < 1:
-            raise ValueError("attempt numbers start at 1")
+    def nominal_delay(self, backoff_step: int) -> float:
+        """Backoff after the ``backoff_step``-th attempt (1-based), before jitter."""
+        if backoff_step < 1:
+            raise ValueError("backoff steps start at 1")
         try:
-            raw = self.base_seconds * self.multiplier ** (attempt - 1)
+            raw = self.base_seconds * self.multiplier ** (backoff_step - 1)
         except OverflowError:
             return self.max_delay_seconds
         return min(self.max_delay_seconds, raw)
 
-    def delay(self, attempt: int, rng: random.Random) -> float:
+    def delay(self, backoff_step: int, rng: random.Random) -> float:
         """Jitter only shortens: the nominal delay is the bound docs and alerts can rely on."""
-        return self.nominal_delay(attempt) * rng.uniform(1.0 - self.jitter, 1.0)
+        return self.nominal_delay(backoff_step) * rng.uniform(1.0 - self.jitter, 1.0)
 
     def decide(
         self,
         *,
         outcome: Outcome,
         status_code: int | None,
-        attempt: int,
-        event_created_at: datetime,
+        backoff_step: int,
+        window_start: datetime,
         now: datetime,
         retry_after: str | None,
         rng: random.Random,
     ) -> Decision:
-        """What follows attempt number ``attempt`` (1-based), which just ended at ``now``.
+        """What follows an attempt that just ended at ``now``, the ``backoff_step``-th (1-based)
+        since the delivery's ``window_start``.
 
         A valid ``Retry-After`` on 429/503 is a floor: we wait at least that long, and at
         least our own backoff (so ``Retry-After: 0`` cannot turn into a hot loop). Nothing
-        is scheduled past ``event_created_at + max_age``: that is Dead instead.
+        is scheduled past ``window_start + max_age``: that is Dead instead.
         """
         if outcome == Outcome.SUCCESS:
             return Done()
         if status_code == GONE:
             return Disable("endpoint answered 410 Gone")
-        if now.tzinfo is None or event_created_at.tzinfo is None:
+        if now.tzinfo is None or window_start.tzinfo is None:
             raise ValueError("policy datetimes must be timezone-aware")
-        wait = self.delay(attempt, rng)
+        wait = self.delay(backoff_step, rng)
         reason = "max age reached"
         if retry_after is not None and status_code in RETRY_AFTER_STATUSES:
             asked = parse_retry_after(retry_after, now)
             if asked is not None and asked > wait:
                 wait = asked
                 reason = "Retry-After is beyond the max age"
-        deadline = event_created_at + timedelta(seconds=self.max_age_seconds)
+        deadline = window_start + timedelta(seconds=self.max_age_seconds)
         remaining = (deadline - now).total_seconds()
         if wait > remaining:
             return Dead(reason)
         return Retry(now + timedelta(seconds=wait))
 
-    def before_attempt(self, *, age_origin: datetime, now: datetime) -> Verdict | None:
+    def before_attempt(self, *, window_start: datetime, now: datetime) -> Verdict | None:
         """Dead without an attempt when the max age has passed (an open circuit or a full
         endpoint held the delivery back); None: go ahead."""
-        if now >= age_origin + timedelta(seconds=self.max_age_seconds):
+        if now >= window_start + timedelta(seconds=self.max_age_seconds):
             return Verdict(DeliveryStatus.DEAD, now, dead_reason="max age reached")
         return None
 
@@ -202,18 +203,18 @@ class RetryPolicy:
         *,
         outcome: Outcome,
         status_code: int | None,
-        attempt: int,
-        age_origin: datetime,
+        backoff_step: int,
+        window_start: datetime,
         now: datetime,
         retry_after: str | None,
         rng: random.Random,
     ) -> Verdict:
-        """The whole verdict after attempt number ``attempt`` since ``age_origin``."""
+        """The whole verdict after the ``backoff_step``-th attempt since ``window_start``."""
         decision = self.decide(
             outcome=outcome,
             status_code=status_code,
-            attempt=attempt,
-            event_created_at=age_origin,
+            backoff_step=backoff_step,
+            window_start=window_start,
             now=now,
             retry_after=retry_after,
             rng=rng,

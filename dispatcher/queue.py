@@ -70,7 +70,7 @@ class TenantAllowance:
 
 
 @dataclass(frozen=True)
-class Job:
+class ClaimedDelivery:
     """A claimed delivery with everything needed to send it, and no further query."""
 
     delivery_id: DeliveryId
@@ -84,8 +84,9 @@ class Job:
     url: str
     standard_webhooks: bool
     secrets: list[str]
-    age_origin: datetime  # the event's acceptance, or the last replay: the max age counts from it
-    schedule_attempt: int  # attempts since that origin: the backoff step
+    # the event's acceptance or its last replay: the max age counts from it (column age_origin)
+    window_start: datetime
+    backoff_step: int  # attempts since the window start: they pick the next delay
     worker_id: int  # the claim's fence: only this worker may settle it, at this attempt
     signing: str = "hmac"  # what `secrets` are: HMAC secrets, or ed25519 private keys
     environment: str = "sandbox"  # with tenant_id: usage is counted per both
@@ -108,7 +109,7 @@ class Job:
 class Settlement:
     """The attempt made (None when none was: expired before it) and the policy's verdict."""
 
-    job: Job
+    delivery: ClaimedDelivery
     record: AttemptRecord | None
     verdict: Verdict
 
@@ -126,7 +127,7 @@ async def claim(
     *,
     worker_id: int,
     allowance: TenantAllowance | None = None,
-) -> list[Job]:
+) -> list[ClaimedDelivery]:
     """Up to `limit` due deliveries for `worker_id`; `start_after` rotates the walk over
     endpoints; `allowance` caps each tenant's share."""
     share = allowance or TenantAllowance()
@@ -151,7 +152,7 @@ async def claim(
         JITTER_ALLOWANCE_MICROSECONDS,
     )
     return [
-        Job(
+        ClaimedDelivery(
             DeliveryId(r["id"]),
             EventId(r["event_id"]),
             EndpointId(r["endpoint_id"]),
@@ -164,7 +165,7 @@ async def claim(
             r["standard_webhooks"],
             [open_secret(r["endpoint_id"], s) for s in r["secrets"]],
             r["age_origin"],
-            r["schedule_attempt"],
+            r["backoff_step"],
             worker_id,
             r["signing"],
             r["environment"],
@@ -179,7 +180,7 @@ def _endpoint_tallies(settled: list[Settlement]) -> tuple[list[str], list[bool],
     reset: dict[str, bool] = {}
     fails: dict[str, int] = defaultdict(int)
     for s in sorted(settled, key=lambda s: s.record.started_at if s.record else s.verdict.at):
-        ep = s.job.endpoint_id
+        ep = s.delivery.endpoint_id
         reset.setdefault(ep, False)
         if s.record is None:
             continue
@@ -202,7 +203,7 @@ async def settle(
         return 0
     by_worker: dict[int, list[Settlement]] = defaultdict(list)
     for s in settled:
-        by_worker[s.job.worker_id].append(s)
+        by_worker[s.delivery.worker_id].append(s)
     for s in settled:
         if s.record is not None:
             await ensure_day(conn, s.record.started_at)
@@ -210,9 +211,11 @@ async def settle(
     count = 0
     for worker_id, batch in sorted(by_worker.items()):
         count += await _settle_one(conn, worker_id, batch, now, limits)
-    gone = sorted({s.job.endpoint_id for s in settled if s.verdict.disable_reason})
+    gone = sorted({s.delivery.endpoint_id for s in settled if s.verdict.disable_reason})
     for endpoint_id in gone:
-        reason = next(s.verdict.disable_reason for s in settled if s.job.endpoint_id == endpoint_id)
+        reason = next(
+            s.verdict.disable_reason for s in settled if s.delivery.endpoint_id == endpoint_id
+        )
         async with conn.transaction():
             await conn.execute(q.DISABLE_ENDPOINT, endpoint_id, reason, now)
             await cancel_pending(conn, endpoint_id, now)
@@ -226,8 +229,8 @@ async def _settle_one(
     now: datetime,
     limits: QueueLimits,
 ) -> int:
-    settled = sorted(settled, key=lambda s: s.job.delivery_id)
-    tried = [(s.job, s.record) for s in settled if s.record is not None]
+    settled = sorted(settled, key=lambda s: s.delivery.delivery_id)
+    tried = [(s.delivery, s.record) for s in settled if s.record is not None]
     endpoints, reset, fails = _endpoint_tallies(settled)
     count: int = await conn.fetchval(
         q.SETTLE,
@@ -241,8 +244,8 @@ async def _settle_one(
         [r.status_code for _, r in tried],
         [r.error for _, r in tried],
         [r.response_body for _, r in tried],
-        [s.job.delivery_id for s in settled],
-        [s.job.attempt for s in settled],
+        [s.delivery.delivery_id for s in settled],
+        [s.delivery.attempt for s in settled],
         [s.verdict.status.value for s in settled],
         [s.verdict.at for s in settled],
         [s.record.status_code if s.record else None for s in settled],
@@ -265,7 +268,7 @@ def _usage(
     failed attempts, dead letters (bumped by the settle statement itself)."""
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for s in settled:
-        found = counts[(s.job.tenant_id, s.job.environment)]
+        found = counts[(s.delivery.tenant_id, s.delivery.environment)]
         found[0] += s.verdict.status == DeliveryStatus.SUCCEEDED
         found[1] += s.record is not None and not s.record.succeeded
         found[2] += s.verdict.status == DeliveryStatus.DEAD
@@ -293,13 +296,13 @@ async def cancel_pending(conn: asyncpg.Connection, endpoint_id: str, now: dateti
     await conn.execute(q.CANCEL_PENDING_DELIVERIES, endpoint_id, now)
 
 
-async def release(conn: asyncpg.Connection, jobs: list[Job]) -> int:
+async def release(conn: asyncpg.Connection, deliveries: list[ClaimedDelivery]) -> int:
     """Hand back claimed work that was never sent (shutdown), freeing the endpoint slots."""
-    if not jobs:
+    if not deliveries:
         return 0
     total = 0
-    by_worker: dict[int, list[Job]] = defaultdict(list)
-    for j in jobs:
+    by_worker: dict[int, list[ClaimedDelivery]] = defaultdict(list)
+    for j in deliveries:
         by_worker[j.worker_id].append(j)
     for worker_id, batch in by_worker.items():
         async with conn.transaction():
@@ -360,8 +363,8 @@ async def next_due(conn: asyncpg.Connection) -> datetime | None:
 
 
 __all__ = [
+    "ClaimedDelivery",
     "DeliveryStatus",
-    "Job",
     "QueueLimits",
     "Settlement",
     "TenantAllowance",

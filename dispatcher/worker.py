@@ -33,7 +33,7 @@ from dispatcher.models import DeliveryStatus
 from dispatcher.partitions import ensure_partitions
 from dispatcher.policy import Outcome, RetryPolicy, Verdict
 from dispatcher.queue import (
-    Job,
+    ClaimedDelivery,
     QueueLimits,
     Settlement,
     TenantAllowance,
@@ -58,7 +58,7 @@ class WorkerConfig:
     attempt_timeout_seconds: float = 5.0
     poll_interval_seconds: float = 5.0
     # how long finished attempts wait to be settled together (0: as soon as one is done)
-    flush_interval_seconds: float = 0.002
+    settle_interval_seconds: float = 0.002
     shutdown_grace_seconds: float = 10.0
     # how often the deliveries of dead workers are looked for (they are back within this)
     reap_interval_seconds: float = 2.0
@@ -77,7 +77,7 @@ class WorkerConfig:
             attempt_timeout_seconds=s.attempt_timeout_seconds,
             poll_interval_seconds=s.poll_interval_seconds,
             shutdown_grace_seconds=s.shutdown_grace_seconds,
-            flush_interval_seconds=s.settle_interval_seconds,
+            settle_interval_seconds=s.settle_interval_seconds,
             tenant_share=s.tenant_share,
             allow_private_targets=s.allow_private_targets,
             signature_header=s.signature_header,
@@ -114,7 +114,7 @@ class Worker:
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._tasks: dict[asyncio.Task[None], Job] = {}
+        self._tasks: dict[asyncio.Task[None], ClaimedDelivery] = {}
         self._buffer: list[Settlement] = []
         self._buffer_ready = asyncio.Event()
         self._closing = False
@@ -136,25 +136,27 @@ class Worker:
 
     # ---- one attempt ----------------------------------------------------------------------
 
-    async def _attempt(self, job: Job) -> Settlement | None:
+    async def _attempt(self, delivery: ClaimedDelivery) -> Settlement | None:
         """Never raises (but cancellation): whatever fails becomes a recorded failed attempt.
-        None when the job's rate-limit slot went by before it could start (it is not sent)."""
-        if job.not_before is not None:  # a rate-limit slot: not a moment earlier
-            wait = (job.not_before - self._clock.now()).total_seconds()
+        None when the delivery's rate-limit slot went by before it could start (it is not sent)."""
+        if delivery.not_before is not None:  # a rate-limit slot: not a moment earlier
+            wait = (delivery.not_before - self._clock.now()).total_seconds()
             if wait > 0:
                 await asyncio.sleep(wait)
             self._wake.set()  # the endpoint's next slots are claimable now
-            if ratelimit.missed(job.not_before, self._clock.now()):
+            if ratelimit.missed(delivery.not_before, self._clock.now()):
                 return None
         started = self._clock.now()
         try:
-            early = self._config.policy.before_attempt(age_origin=job.age_origin, now=started)
+            early = self._config.policy.before_attempt(
+                window_start=delivery.window_start, now=started
+            )
             if early is not None:
-                self._observe_expired(job)
-                return Settlement(job, None, early)
+                self._observe_expired(delivery)
+                return Settlement(delivery, None, early)
             record = await run_attempt(
                 self._session,
-                job.request(),
+                delivery.request(),
                 started_at=started,
                 timeout_seconds=self._config.attempt_timeout_seconds,
                 allow_private=self._config.allow_private_targets,
@@ -163,7 +165,7 @@ class Worker:
         except Exception as exc:  # a bug outside the pipeline's own guards: still recorded
             log.exception("delivery attempt failed internally")
             record = AttemptRecord(
-                job.attempt,
+                delivery.attempt,
                 started,
                 0.0,
                 Outcome.INTERNAL_ERROR,
@@ -172,16 +174,16 @@ class Worker:
                 None,
                 None,
             )
-        return self._decide(job, record)
+        return self._decide(delivery, record)
 
-    def _decide(self, job: Job, record: AttemptRecord) -> Settlement:
+    def _decide(self, delivery: ClaimedDelivery, record: AttemptRecord) -> Settlement:
         now = self._clock.now()
         try:
             verdict = self._config.policy.verdict(
                 outcome=record.outcome,
                 status_code=record.status_code,
-                attempt=job.schedule_attempt,
-                age_origin=job.age_origin,
+                backoff_step=delivery.backoff_step,
+                window_start=delivery.window_start,
                 now=now,
                 retry_after=record.retry_after,
                 rng=self._rng,
@@ -190,29 +192,31 @@ class Worker:
             log.exception("retry policy failed; retrying after the base delay")
             later = now + timedelta(seconds=self._config.policy.base_seconds)
             verdict = Verdict(DeliveryStatus.PENDING, later)
-        self._observe(job, record, verdict, now)
+        self._observe(delivery, record, verdict, now)
         self._limiter.record(
-            job.endpoint_id, record.outcome, record.status_code, record.duration_ms / 1000, now
+            delivery.endpoint_id, record.outcome, record.status_code, record.duration_ms / 1000, now
         )
-        return Settlement(job, record, verdict)
+        return Settlement(delivery, record, verdict)
 
-    def _observe_expired(self, job: Job) -> None:
+    def _observe_expired(self, delivery: ClaimedDelivery) -> None:
         metrics.DEAD_LETTERS.inc()
         log.info(
             "delivery expired before its attempt",
             extra={
-                "event_id": job.event_id,
-                "delivery_id": format_delivery_id(job.delivery_id),
-                "endpoint_id": job.endpoint_id,
+                "event_id": delivery.event_id,
+                "delivery_id": format_delivery_id(delivery.delivery_id),
+                "endpoint_id": delivery.endpoint_id,
             },
         )
 
-    def _observe(self, job: Job, record: AttemptRecord, verdict: Verdict, now: datetime) -> None:
+    def _observe(
+        self, delivery: ClaimedDelivery, record: AttemptRecord, verdict: Verdict, now: datetime
+    ) -> None:
         metrics.DELIVERY_ATTEMPTS.labels(outcome=record.outcome.value).inc()
         metrics.ATTEMPT_DURATION.observe(record.duration_ms / 1000)
         done = verdict.status == DeliveryStatus.SUCCEEDED
-        if done and job.age_origin == job.event_created_at:
-            metrics.EVENT_LATENCY.observe(max((now - job.event_created_at).total_seconds(), 0))
+        if done and delivery.window_start == delivery.event_created_at:
+            metrics.EVENT_LATENCY.observe(max((now - delivery.event_created_at).total_seconds(), 0))
         elif verdict.status == DeliveryStatus.DEAD:
             metrics.DEAD_LETTERS.inc()
         # every failure at INFO; successes at DEBUG (the attempts table keeps them all)
@@ -223,10 +227,10 @@ class Worker:
             level,
             "delivery attempt",
             extra={
-                "event_id": job.event_id,
-                "delivery_id": format_delivery_id(job.delivery_id),
-                "endpoint_id": job.endpoint_id,
-                "attempt": job.attempt,
+                "event_id": delivery.event_id,
+                "delivery_id": format_delivery_id(delivery.delivery_id),
+                "endpoint_id": delivery.endpoint_id,
+                "attempt": delivery.attempt,
                 "outcome": record.outcome.value,
                 "status_code": record.status_code,
                 "duration_ms": round(record.duration_ms, 2),
@@ -246,18 +250,18 @@ class Worker:
                 async with self._pool.acquire() as conn:
                     await reap(conn, now)
                     await self._expire(conn, now)
-                    jobs = await claim(
+                    deliveries = await claim(
                         conn,
                         now,
                         self._config.concurrency,
                         self._config.limits,
                         worker_id=worker_id,
                     )
-                if not jobs:
+                if not deliveries:
                     break
-                outcomes = await asyncio.gather(*(self._attempt(j) for j in jobs))
+                outcomes = await asyncio.gather(*(self._attempt(j) for j in deliveries))
                 settled = [s for s in outcomes if s is not None]
-                missed = [j for j, s in zip(jobs, outcomes, strict=True) if s is None]
+                missed = [j for j, s in zip(deliveries, outcomes, strict=True) if s is None]
                 async with self._pool.acquire() as conn:
                     await release(conn, missed)
                     total += await settle(conn, settled, self._clock.now(), self._config.limits)
@@ -277,14 +281,14 @@ class Worker:
             asyncio.create_task(self._liveness.keep_alive(), name="worker-liveness"),
             asyncio.create_task(self._housekeeping(), name="worker-housekeeping"),
         ]
-        flusher = asyncio.create_task(self._flush_loop(), name="worker-flush")
+        settler = asyncio.create_task(self._settle_loop(), name="worker-settle")
         try:
             await self._claim_loop()
         finally:
             await self._shutdown()
             self._closing = True
             self._buffer_ready.set()
-            await flusher
+            await settler
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -336,11 +340,11 @@ class Worker:
             # the finished attempt still counts against its endpoint, so claiming is futile.
             self._wake_on_finish = True
             if want >= min_claim or not self._tasks:
-                jobs = await self._claim(want)
-                for job in jobs:
-                    task = asyncio.create_task(self._run_job(job))
-                    self._tasks[task] = job
-                if len(jobs) == want:
+                deliveries = await self._claim(want)
+                for delivery in deliveries:
+                    task = asyncio.create_task(self._run_delivery(delivery))
+                    self._tasks[task] = delivery
+                if len(deliveries) == want:
                     await asyncio.sleep(0)
                     continue
                 self._wake_on_finish = False
@@ -375,17 +379,17 @@ class Worker:
     def _allowance(self) -> TenantAllowance:
         """Each tenant's room on this worker: its fair share minus what it has in flight."""
         cap = self._config.tenant_slots
-        busy = Counter(job.tenant_id for job in self._tasks.values())
+        busy = Counter(delivery.tenant_id for delivery in self._tasks.values())
         return TenantAllowance(cap, {t: max(cap - n, 0) for t, n in busy.items()})
 
-    async def _claim(self, want: int) -> list[Job]:
+    async def _claim(self, want: int) -> list[ClaimedDelivery]:
         worker_id = self._liveness.worker_id
         if worker_id is None:  # re-registering after a lost session: claim nothing meanwhile
             await asyncio.sleep(0.5)
             return []
         try:
             async with self._pool.acquire() as conn:
-                jobs = await claim(
+                deliveries = await claim(
                     conn,
                     self._clock.now(),
                     want,
@@ -394,9 +398,9 @@ class Worker:
                     worker_id=worker_id,
                     allowance=self._allowance(),
                 )
-            if jobs:  # the next claim's walk over endpoints starts after the last one served
-                self._cursor = max(j.endpoint_id for j in jobs)
-            return jobs
+            if deliveries:  # the next claim's walk over endpoints starts after the last one served
+                self._cursor = max(j.endpoint_id for j in deliveries)
+            return deliveries
         except _DB_ERRORS as exc:
             log.warning("claim failed; will retry", extra={"error_class": type(exc).__name__})
             await asyncio.sleep(0.5)
@@ -434,11 +438,11 @@ class Worker:
         except _DB_ERRORS as exc:
             log.warning("creating partitions failed", extra={"error_class": type(exc).__name__})
 
-    async def _run_job(self, job: Job) -> None:
+    async def _run_delivery(self, delivery: ClaimedDelivery) -> None:
         try:
-            settlement = await self._attempt(job)
+            settlement = await self._attempt(delivery)
             if settlement is None:  # its slot went by: back to the queue, unsent
-                await self._hand_back([job])
+                await self._hand_back([delivery])
         finally:
             self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             if self._wake_on_finish:
@@ -447,13 +451,13 @@ class Worker:
             self._buffer.append(settlement)
             self._buffer_ready.set()
 
-    async def _hand_back(self, jobs: list[Job]) -> None:
+    async def _hand_back(self, deliveries: list[ClaimedDelivery]) -> None:
         """Unsent work back to the queue now; should that fail, the reaper brings it back."""
         with contextlib.suppress(*_DB_ERRORS):
             async with self._pool.acquire() as conn:
-                await release(conn, jobs)
+                await release(conn, deliveries)
 
-    async def _flush_loop(self) -> None:
+    async def _settle_loop(self) -> None:
         while True:
             if not self._buffer:
                 if self._closing:
@@ -462,7 +466,7 @@ class Worker:
                 await self._buffer_ready.wait()
                 continue
             if len(self._buffer) < self._config.batch_size and not self._closing:
-                await asyncio.sleep(self._config.flush_interval_seconds)
+                await asyncio.sleep(self._config.settle_interval_seconds)
             batch, self._buffer = self._buffer, []
             await self._settle(batch)
             await self._adapt(force=self._closing)

@@ -619,7 +619,7 @@ claimed AS (
               d.age_origin, d.attempts_before_replay
 )
 SELECT c.id, c.event_id, c.endpoint_id, c.tenant_id, c.attempts, ev.event_type,
-       c.event_created_at, c.age_origin, c.attempts - c.attempts_before_replay AS schedule_attempt,
+       c.event_created_at, c.age_origin, c.attempts - c.attempts_before_replay AS backoff_step,
        ev.body, ep.url, ep.url_credentials, ep.standard_webhooks, ep.signing, ep.environment,
        ARRAY(SELECT s.secret FROM endpoint_secrets s
              WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)
@@ -702,7 +702,7 @@ WHERE s.endpoint_id = u.id
 # endpoints' slots freed; per endpoint, how many
 REAP = "SELECT endpoint_id, n FROM dispatcher_reap($1, $2)"
 
-# $1 now, $2 oldest max-age origin still alive, $3 limit -> pending deliveries past their max
+# $1 now, $2 oldest window start still alive, $3 limit -> pending deliveries past their max
 # age become dead letters, whatever their endpoint's state (circuit open, at its cap,
 # disabled), counted in the tenant's usage; -> how many
 EXPIRE_PENDING = f"""
@@ -804,7 +804,7 @@ SELECT EXISTS (SELECT 1 FROM delivery_queue
 # The `deliveries` view (migration 004) is each delivery's current state: its queue row while
 # it is live, else its newest outcome in the history. A re-queued delivery (replay, retry)
 # goes back into the queue with its id, its event and its attempt count, one generation up;
-# it is due now and starts a fresh retry window (age_origin and attempts_before_replay).
+# it is due now and starts a fresh retry window (window start: age_origin; attempts_before_replay).
 
 # $1 endpoint_id, $2 status (NULL for all), $3 cursor: deliveries older than this id (NULL for
 # the first page), $4 limit, $5 event_type, $6 since, $7 until (each NULL: no filter; the time

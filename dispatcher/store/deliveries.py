@@ -3,8 +3,9 @@
 Re-queueing (replay, retry, `dispatcher dead-letters replay`) keeps the event, so the
 receiver gets the same ``event_id`` and byte-identical body, and keeps counting attempts, so
 ``X-Delivery-Attempt`` only grows. It makes the delivery due now and gives it a fresh retry
-window: ``replayed_at`` becomes its max-age origin and ``attempts_before_replay`` the base of
-its backoff (the worker reads both when it decides what follows an attempt).
+window: the re-queue time becomes its window start (columns ``age_origin`` and
+``replayed_at``) and ``attempts_before_replay`` the base of its backoff step (the worker reads
+both when it decides what follows an attempt).
 """
 
 from __future__ import annotations

@@ -151,13 +151,13 @@ async def test_rate_limit_slots_are_exact_across_concurrent_claimers(
 
     while clock.now() < start + timedelta(seconds=3):
         batches = await asyncio.gather(*(one_claim(clock.now(), w) for w in (1, 2, 3)))
-        for jobs in batches:
-            assert all(j.endpoint_id == endpoint.id and j.not_before for j in jobs)
-            slots += [j.not_before for j in jobs if j.not_before]
+        for claimed in batches:
+            assert all(j.endpoint_id == endpoint.id and j.not_before for j in claimed)
+            slots += [j.not_before for j in claimed if j.not_before]
             async with world.pool.acquire() as conn:  # finished at once: slots are the limit
                 await conn.execute(
                     "DELETE FROM delivery_queue WHERE id = ANY($1::bigint[])",
-                    [j.delivery_id for j in jobs],
+                    [j.delivery_id for j in claimed],
                 )
                 await conn.execute("UPDATE endpoint_state SET in_flight = 0")
         clock.advance(0.030)

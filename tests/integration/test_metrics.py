@@ -389,9 +389,9 @@ async def test_endpoints_held_back_by_flow_control_are_counted(
         await conn.execute(
             "DELETE FROM delivery_queue WHERE endpoint_id NOT IN ($1, $2)", busy, limited
         )
-        jobs = await claim(conn, clock.now(), 64, QueueLimits(), worker_id=0)
-    assert [j.endpoint_id for j in jobs].count(busy) == 8  # a new endpoint's initial limit
-    assert [j.endpoint_id for j in jobs].count(limited) == 1  # one slot per second
+        claimed = await claim(conn, clock.now(), 64, QueueLimits(), worker_id=0)
+    assert [j.endpoint_id for j in claimed].count(busy) == 8  # a new endpoint's initial limit
+    assert [j.endpoint_id for j in claimed].count(limited) == 1  # one slot per second
     await refresh_gauges(pool, now=clock.now())
     got = await scrape()
     assert got.get("webhook_endpoints_limited", reason="concurrency") == 1

@@ -123,9 +123,9 @@ async def test_004_upgrades_a_003_database_in_place(scratch_url: str, tmp_path: 
         # encryption at rest): at its due time the replayed delivery is claimed with its
         # attempt count and backoff step carried over
         await reseal_legacy(conn, sealing.current())
-        jobs = await claim(conn, T1 + timedelta(seconds=90), 10, QueueLimits(), worker_id=0)
-        by_id = {j.delivery_id: j for j in jobs}
-        assert by_id[1].attempt == 3 and by_id[1].schedule_attempt == 2
+        claimed = await claim(conn, T1 + timedelta(seconds=90), 10, QueueLimits(), worker_id=0)
+        by_id = {j.delivery_id: j for j in claimed}
+        assert by_id[1].attempt == 3 and by_id[1].backoff_step == 2
         assert by_id[1].body == b'{"n":1}' and by_id[1].secrets
     finally:
         await conn.close()

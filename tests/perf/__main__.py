@@ -470,10 +470,10 @@ class Bench:
                 tr = conn.transaction()
                 await tr.start()
                 start = time.perf_counter()
-                jobs = await claim(conn, datetime.now(UTC), 64, limits, worker_id=0)
+                claimed = await claim(conn, datetime.now(UTC), 64, limits, worker_id=0)
                 timings.append((time.perf_counter() - start) * 1000)
                 await tr.rollback()
-                assert len(jobs) == 64
+                assert len(claimed) == 64
         return statistics.median(timings)
 
     async def backlog(self, pending: int) -> dict[str, float]:

@@ -385,11 +385,11 @@ class ClaimTimer:
         tr = conn.transaction()
         await tr.start()
         start = time.perf_counter()
-        jobs = await claim(conn, datetime.now(UTC), 64, self.limits, worker_id=self.worker_id)
+        claimed = await claim(conn, datetime.now(UTC), 64, self.limits, worker_id=self.worker_id)
         self.samples.append((start, (time.perf_counter() - start) * 1000))
         await tr.rollback()
-        if len(jobs) != 64:
-            raise RuntimeError(f"a claim found {len(jobs)} deliveries, not 64")
+        if len(claimed) != 64:
+            raise RuntimeError(f"a claim found {len(claimed)} deliveries, not 64")
 
     async def series(self, count: int) -> list[float]:
         self.samples.clear()

@@ -54,8 +54,8 @@ def _decide(
     return policy.decide(
         outcome=outcome,
         status_code=status_code,
-        attempt=attempt,
-        event_created_at=T0,
+        backoff_step=attempt,
+        window_start=T0,
         now=T0 + timedelta(seconds=elapsed),
         retry_after=retry_after,
         rng=rng,
@@ -270,8 +270,8 @@ def _simulate(policy: RetryPolicy, rng: random.Random, attempt_seconds: float = 
         decision = policy.decide(
             outcome=Outcome.TIMEOUT,
             status_code=None,
-            attempt=len(starts),
-            event_created_at=T0,
+            backoff_step=len(starts),
+            window_start=T0,
             now=T0 + timedelta(seconds=clock),
             retry_after=None,
             rng=rng,
@@ -357,7 +357,7 @@ def test_attempt_numbers_start_at_one() -> None:
 def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(ValueError):
         RetryPolicy().decide(
-            outcome=Outcome.TIMEOUT, status_code=None, attempt=1,
-            event_created_at=T0.replace(tzinfo=None), now=T0.replace(tzinfo=None),
+            outcome=Outcome.TIMEOUT, status_code=None, backoff_step=1,
+            window_start=T0.replace(tzinfo=None), now=T0.replace(tzinfo=None),
             retry_after=None, rng=HIGH,
         )  # fmt: skip
