@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
+from types import ModuleType
 
 import asyncpg
 import pytest
 
 from dispatcher.db import queries
 
-NAMED = {
-    name: value
-    for name, value in vars(queries).items()
-    if name.isupper() and isinstance(value, str) and not name.endswith(("_COLUMNS", "_CTE"))
-}  # *_COLUMNS and *_CTE are fragments of the statements, not statements
+
+def _statements(module: ModuleType) -> dict[str, str]:
+    """*_COLUMNS and *_CTE are fragments of the statements, not statements."""
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if name.isupper() and isinstance(value, str) and not name.endswith(("_COLUMNS", "_CTE"))
+    }
+
+
+AREAS = [
+    importlib.import_module(f"{queries.__name__}.{m.name}")
+    for m in pkgutil.iter_modules(queries.__path__)
+]
+NAMED = {name: sql for area in AREAS for name, sql in _statements(area).items()}
+
+
+def test_every_statement_of_every_area_is_re_exported() -> None:
+    """Callers write `queries.X`: a statement missing from the package, or two areas naming
+    two statements alike (one would shadow the other), fails here."""
+    assert {m.__name__.rsplit(".", 1)[1] for m in AREAS} >= {"queue", "ingest", "history"}
+    assert sum(len(_statements(area)) for area in AREAS) == len(NAMED)
+    assert _statements(queries) == NAMED
 
 
 @pytest.mark.parametrize("name", sorted(NAMED))
