@@ -174,9 +174,9 @@ async def test_a_worker_declared_dead_cannot_overwrite_the_newer_attempt(
     config = WorkerConfig(allow_private_targets=True)
     worker = Worker(world.pool, world.session, config, clock=world.clock, rng=world.rng)
     world.receiver.script("/fence", 200)
-    newer = await worker._attempt(fresh)
+    newer = await worker.deliverer.attempt(fresh)
     world.receiver.script("/fence", 500)
-    late = await worker._attempt(stale)  # the zombie's answer arrives last
+    late = await worker.deliverer.attempt(stale)  # the zombie's answer arrives last
     async with world.pool.acquire() as conn:
         assert await settle(conn, [newer], world.clock.now(), limits) == 1
         assert await settle(conn, [late], world.clock.now(), limits) == 0
