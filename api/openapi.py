@@ -35,8 +35,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from api.errors import ErrorStatus, by_status, documented_errors
 from api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from api.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
-from api.platform_schemas import MAILING_ID_PATTERN
 from api.responses import json_response
+from api.schemas.common import MAILING_ID_PATTERN
 
 OPENAPI_VERSION = "3.1.0"
 _REF = "#/components/schemas/{model}"

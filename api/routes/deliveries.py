@@ -22,7 +22,11 @@ from aiohttp import web
 
 from api import auth
 from api.context import clock, pool
-from api.delivery_schemas import (
+from api.idempotency import idempotency_scope, tenant_scope
+from api.openapi import operation
+from api.pagination import page_query, resolve_cursor, slice_page
+from api.responses import json_response, parse_optional
+from api.schemas.deliveries import (
     DeliveryList,
     DeliveryListQuery,
     DeliveryObject,
@@ -31,10 +35,6 @@ from api.delivery_schemas import (
     ReplayResult,
     delivery_object,
 )
-from api.idempotency import idempotency_scope, tenant_scope
-from api.openapi import operation
-from api.pagination import page_query, resolve_cursor, slice_page
-from api.responses import json_response, parse_optional
 from dispatcher.errors import Conflict, NotFound
 from dispatcher.ids import format_delivery_id, parse_delivery_id
 from dispatcher.models import Endpoint, Principal

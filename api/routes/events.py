@@ -10,10 +10,10 @@ from aiohttp import web
 
 from api import auth
 from api.context import pool
-from api.delivery_schemas import EventList, EventListQuery, EventObject, event_object
 from api.openapi import operation
 from api.pagination import page_query, resolve_cursor, slice_page
 from api.responses import json_response
+from api.schemas.events import EventList, EventListQuery, EventObject, event_object
 from dispatcher.errors import NotFound
 from dispatcher.store import deliveries as delivery_store
 from dispatcher.store import events as store

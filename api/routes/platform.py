@@ -36,16 +36,16 @@ from api import auth
 from api.context import clock
 from api.idempotency import idempotency_scope
 from api.openapi import operation
-from api.platform_schemas import (
+from api.responses import field_errors, json_response, read_json
+from api.schemas.common import mailing_id_problem
+from api.schemas.platform import (
     MAX_BATCH,
     BatchIn,
     BatchOut,
     InvalidTransition,
     TransitionIn,
     TransitionOut,
-    mailing_id_problem,
 )
-from api.responses import field_errors, json_response, read_json
 from dispatcher.errors import FieldError, ValidationFailed
 from dispatcher.events import Recorded, Transition, UnknownTenants, ingest
 from dispatcher.transitions import Accept, Refuse

@@ -19,8 +19,8 @@ from aiohttp import web
 from api import auth
 from api.context import clock, pool, settings
 from api.openapi import operation
-from api.portal.schemas import PortalSessionCreate, PortalSessionOut
 from api.responses import json_response, parse
+from api.schemas.portal_sessions import PortalSessionCreate, PortalSessionOut
 from dispatcher.errors import FieldError, NotFound, ValidationFailed
 from dispatcher.store import portal_sessions
 from dispatcher.store import tenants as tenant_store

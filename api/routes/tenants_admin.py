@@ -26,7 +26,11 @@ from datetime import timedelta
 from aiohttp import web
 
 from api import auth
-from api.admin_schemas import (
+from api.context import POOL, clock, pool
+from api.openapi import operation
+from api.pagination import page_query, resolve_cursor, slice_page
+from api.responses import error_response, json_response, parse
+from api.schemas.tenants_admin import (
     MAX_USAGE_DAYS,
     ApiKeyIn,
     ApiKeyList,
@@ -43,10 +47,6 @@ from api.admin_schemas import (
     api_key_object,
     tenant_object,
 )
-from api.context import POOL, clock, pool
-from api.openapi import operation
-from api.pagination import page_query, resolve_cursor, slice_page
-from api.responses import error_response, json_response, parse
 from dispatcher.errors import FieldError, NotFound, ValidationFailed
 from dispatcher.models import Tenant
 from dispatcher.store import tenants as store

@@ -27,10 +27,10 @@ from aiohttp import web
 
 from api import auth
 from api.context import SERVICES, SETTINGS, clock, pool, settings
-from api.delivery_schemas import SendTestRequest, SendTestResult
 from api.limits import ConcurrencyCap
 from api.openapi import operation
 from api.responses import json_response, parse_optional
+from api.schemas.test_send import SendTestRequest, SendTestResult
 from dispatcher import ids
 from dispatcher.attempt import AttemptRequest, run_attempt
 from dispatcher.errors import Conflict, NotFound

@@ -20,7 +20,7 @@ from api.idempotency import idempotent, tenant_scope
 from api.openapi import operation
 from api.pagination import PageQuery, page_query, resolve_cursor, slice_page
 from api.responses import field_errors, json_response, parse_optional, read_json
-from api.schemas import (
+from api.schemas.webhooks import (
     EndpointCreate,
     EndpointDetail,
     EndpointList,

@@ -144,9 +144,10 @@ All traffic stays on 127.0.0.1; every test is bounded in events and in time.
 - 500s instead of 503 for an admin shutdown of PostgreSQL; instead of 422 for NUL in an
   endpoint's description or metadata, or metadata nested past the jsonb codec; instead of
   404/422 for NUL in a path id or query value; instead of 400 for a body that does not
-  match its Content-Encoding (`api/errors.py`, `api/schemas.py`, `api/pagination.py`).
+  match its Content-Encoding (`api/errors.py`, `api/schemas/webhooks.py`, `api/pagination.py`).
 - The OpenAPI document did not say which event types, Idempotency-Key characters and
-  mailing ids are accepted (`api/openapi.py`, `api/schemas.py`, `api/delivery_schemas.py`).
+  mailing ids are accepted (`api/openapi.py`, `api/schemas/webhooks.py`,
+  `api/schemas/test_send.py`).
 
 ## Reproduce
 

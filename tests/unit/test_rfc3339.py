@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from api.delivery_schemas import DeliveryListQuery, ReplayRequest
-from api.platform_schemas import TransitionIn
-from api.validators import NAIVE, Rfc3339
+from api.schemas.common import NAIVE, Rfc3339
+from api.schemas.deliveries import DeliveryListQuery, ReplayRequest
+from api.schemas.platform import TransitionIn
 
 READ = TypeAdapter(Rfc3339)
 

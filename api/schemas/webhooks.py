@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from api.pagination import ListPage
+from api.schemas.common import MAX_JSON_OBJECT_BYTES, REQUEST, bounded_json_object
 from api.urls import MAX_URL_LENGTH, redact_url
-from api.validators import MAX_JSON_OBJECT_BYTES, bounded_json_object
 from dispatcher.models import Circuit, DeliveryState, Endpoint, Ordering
 from dispatcher.ratelimit import MAX_RATE_PER_SECOND
 from dispatcher.signing import SECRET_PREFIX
@@ -144,13 +144,11 @@ OrderingField = Annotated[
     ),
 ]
 
-_REQUEST = ConfigDict(extra="forbid", strict=True)
-
 
 class EndpointCreate(BaseModel):
     """Body of POST /v1/webhooks."""
 
-    model_config = _REQUEST
+    model_config = REQUEST
 
     url: Url
     events: EventList
@@ -233,7 +231,7 @@ class EndpointUpdate(BaseModel):
 class RotateSecret(BaseModel):
     """Body of POST /v1/webhooks/{id}/rotate-secret; an empty body takes the defaults."""
 
-    model_config = _REQUEST
+    model_config = REQUEST
 
     overlap_seconds: int | None = Field(
         default=None,

@@ -1,4 +1,4 @@
-"""Bodies of the delivery, event and test-send routes, as pydantic models.
+"""Bodies of the delivery routes (the delivery log, replay, retry), as pydantic models.
 
 The same models validate input and feed the OpenAPI document. Times are RFC 3339 with an
 offset (`2026-05-11T08:42:13Z`): a time without a zone is ambiguous and refused.
@@ -7,27 +7,15 @@ offset (`2026-05-11T08:42:13Z`): a time without a zone is ambiguous and refused.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from api.pagination import ListPage, PageQuery
-from api.validators import MAX_JSON_OBJECT_BYTES, Rfc3339, bounded_json_object
+from api.schemas.common import Rfc3339, until_after_since
 from dispatcher.ids import format_delivery_id
 from dispatcher.models import DeliveryStatus
 from dispatcher.store.deliveries import Attempt, Delivery, ReplayScope
-from dispatcher.store.events import StoredEvent
-from dispatcher.transitions import EVENT_TYPES, TEST_EVENT_TYPE
-
-MAX_TEST_DATA_BYTES = MAX_JSON_OBJECT_BYTES
-
 
 # ---- the delivery log -------------------------------------------------------------------
 
@@ -55,10 +43,7 @@ class DeliveryListQuery(PageQuery):
     @field_validator("until")
     @classmethod
     def _after_since(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
-        since = info.data.get("since")
-        if until is not None and since is not None and until <= since:
-            raise ValueError("must be after since")
-        return until
+        return until_after_since(until, info)
 
 
 class AttemptObject(BaseModel):
@@ -133,10 +118,7 @@ class ReplayRequest(BaseModel):
     @field_validator("until")
     @classmethod
     def _after_since(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
-        since = info.data.get("since")
-        if until is not None and since is not None and until <= since:
-            raise ValueError("must be after since")
-        return until
+        return until_after_since(until, info)
 
 
 class ReplayResult(BaseModel):
@@ -179,110 +161,3 @@ def delivery_object(delivery: Delivery, attempts: list[Attempt]) -> DeliveryObje
         last_outcome=delivery.last_outcome,
         attempts=[attempt_object(a) for a in attempts],
     )
-
-
-# ---- events -----------------------------------------------------------------------------
-
-
-class EventListQuery(PageQuery):
-    """GET /v1/events: the events of one mailing, newest first."""
-
-    mailing_id: str = Field(min_length=1, max_length=255, description="Required.")
-
-
-class EventDelivery(BaseModel):
-    """Where one event stands at one endpoint."""
-
-    endpoint_id: str
-    delivery_id: str = Field(examples=["dlv_42"])
-    status: DeliveryStatus
-    attempt_count: int
-    last_status_code: int | None
-    last_outcome: str | None
-    next_attempt_at: datetime | None
-    completed_at: datetime | None
-
-
-class EventObject(BaseModel):
-    event_id: str = Field(examples=["evt_01JTV7ZB4W7M0Q9D3Y8K5N2C6R"])
-    object: Literal["event"] = "event"
-    event_type: str
-    occurred_at: datetime
-    created_at: datetime = Field(description="When the dispatcher accepted it.")
-    mailing_id: str | None
-    data: dict[str, Any] = Field(description="The event's data, as sent to endpoints.")
-    deliveries: list[EventDelivery] = Field(description="One per endpoint it was fanned out to.")
-
-
-class EventList(ListPage[EventObject]):
-    """A page of one mailing's events, newest first."""
-
-
-def event_object(event: StoredEvent, deliveries: list[Delivery]) -> EventObject:
-    return EventObject(
-        event_id=event.id,
-        event_type=event.event_type,
-        occurred_at=event.occurred_at,
-        created_at=event.created_at,
-        mailing_id=event.mailing_id,
-        data=event.data(),
-        deliveries=[
-            EventDelivery(
-                endpoint_id=d.endpoint_id,
-                delivery_id=format_delivery_id(d.id),
-                status=d.status,
-                attempt_count=d.attempts,
-                last_status_code=d.last_status_code,
-                last_outcome=d.last_outcome,
-                next_attempt_at=d.next_attempt_at if d.status == DeliveryStatus.PENDING else None,
-                completed_at=d.completed_at,
-            )
-            for d in deliveries
-        ],
-    )
-
-
-# ---- test sends -------------------------------------------------------------------------
-
-
-def _known_event_type(value: str) -> str:
-    if value not in EVENT_TYPES:
-        raise ValueError(
-            f"unknown event type '{value[:100]}'; use one listed by GET /v1/event-types"
-        )
-    return value
-
-
-def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
-    bounded_json_object(value, MAX_TEST_DATA_BYTES)
-    return value
-
-
-class SendTestRequest(BaseModel):
-    """Body of POST /v1/webhooks/{id}/test; an empty body sends a `webhook.test` event."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    event_type: Annotated[str, AfterValidator(_known_event_type)] = Field(
-        default=TEST_EVENT_TYPE,
-        examples=["mailing.delivered"],
-        json_schema_extra={"enum": list(EVENT_TYPES)},
-    )
-    data: Annotated[dict[str, Any], AfterValidator(_small_json_object)] | None = Field(
-        default=None,
-        description="The event's `data` (default: a sample for the event type), "
-        f"at most {MAX_TEST_DATA_BYTES} bytes.",
-    )
-
-
-class SendTestResult(BaseModel):
-    """How the one attempt went; the call itself succeeded even when the endpoint failed."""
-
-    success: bool = Field(description="True when the endpoint answered 2xx in time.")
-    event_id: str = Field(description="The test event's id; test events are not stored.")
-    event_type: str
-    status_code: int | None
-    duration_ms: float
-    outcome: str = Field(examples=["success", "http_5xx", "blocked_address"])
-    error: str | None
-    response_body: str | None = Field(description="The first 1 KiB of the response body.")

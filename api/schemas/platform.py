@@ -2,11 +2,7 @@
 
 Decisions, so the platform knows what it will be refused before it sends it:
 
-- ``mailing_id``: 1 to 128 characters from RFC 3986's unreserved set plus ``:``
-  (``A-Z a-z 0-9 - . _ ~ :``), and not ``.`` or ``..``. Such an id reads the same in the
-  URL path and in a batch body, never needs percent-encoding and can never be a ``/``.
-- ``tenant_id``: 1 to 128 printable ASCII characters without spaces (ours are ``ten_<ULID>``).
-  Whether the tenant exists is checked by the route, in the transaction.
+- ``mailing_id`` and ``tenant_id``: see `api.schemas.common`.
 - ``occurred_at``: an RFC 3339 string with seconds and an offset (``Z`` or ``+hh:mm``);
   a naive time is refused rather than guessed as UTC. It may be at most one day after the
   server's clock (a clock skew or a bug beyond that would sort events nonsensically) and
@@ -18,60 +14,33 @@ Decisions, so the platform knows what it will be refused before it sends it:
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
 )
 
-from api.validators import MAX_JSON_OBJECT_BYTES, Rfc3339, bounded_json_object
+from api.schemas.common import (
+    MAX_JSON_OBJECT_BYTES,
+    REQUEST,
+    MailingId,
+    Rfc3339,
+    TenantIdField,
+    bounded_json_object,
+)
 from dispatcher.models import Environment
 from dispatcher.transitions import MailingStatus, MailType
 
-MAX_MAILING_ID_CHARS = 128
-MAX_TENANT_ID_CHARS = 128
 MAX_TRACKING_NUMBER_CHARS = 100
 MAX_OBJECT_BYTES = MAX_JSON_OBJECT_BYTES
 MAX_BATCH = 1000
 MAX_FUTURE = timedelta(days=1)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-
-_MAILING_ID = re.compile(rf"[A-Za-z0-9._~:-]{{1,{MAX_MAILING_ID_CHARS}}}")
-MAILING_ID_PATTERN = f"^{_MAILING_ID.pattern}$"
-_TENANT_ID = re.compile(rf"[!-~]{{1,{MAX_TENANT_ID_CHARS}}}")
-# RFC 3339 date-time: seconds required, fraction optional, offset required.
-
-
-def mailing_id_problem(value: str) -> str | None:
-    """Why `value` is not a mailing id, or None; shared by the path and the batch body."""
-    if not _MAILING_ID.fullmatch(value) or value in (".", ".."):
-        return (
-            f"must be 1 to {MAX_MAILING_ID_CHARS} characters from A-Z a-z 0-9 - . _ ~ : "
-            "(and not '.' or '..')"
-        )
-    return None
-
-
-def _check_mailing_id(value: str) -> str:
-    problem = mailing_id_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-def _check_tenant_id(value: str) -> str:
-    if not _TENANT_ID.fullmatch(value):
-        raise ValueError(
-            f"must be 1 to {MAX_TENANT_ID_CHARS} printable ASCII characters without spaces"
-        )
-    return value
 
 
 def _check_object(value: dict[str, Any]) -> dict[str, Any]:
@@ -80,24 +49,6 @@ def _check_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-MailingId = Annotated[
-    str,
-    Field(
-        description="The platform's mailing id: A-Z a-z 0-9 - . _ ~ : only.",
-        examples=["ml_01JTX3Y8Q6"],
-        json_schema_extra={"pattern": f"^{_MAILING_ID.pattern}$"},
-    ),
-    AfterValidator(_check_mailing_id),
-]
-TenantIdField = Annotated[
-    str,
-    Field(
-        json_schema_extra={"pattern": f"^{_TENANT_ID.pattern}$"},
-        description="An existing tenant's id; an unknown one is a 422 on this field.",
-        examples=["ten_01JTX3Y8Q6ZK4M1V9B5N7C2D3E"],
-    ),
-    AfterValidator(_check_tenant_id),
-]
 JsonObject = Annotated[
     dict[str, Any],
     Field(description=f"Free JSON object, at most {MAX_OBJECT_BYTES} bytes; echoed verbatim."),
@@ -112,13 +63,11 @@ OccurredAt = Annotated[
     ),
 ]
 
-_REQUEST = ConfigDict(extra="forbid", strict=True)
-
 
 class TransitionIn(BaseModel):
     """Body of POST /internal/v1/mailings/{mailing_id}/transitions."""
 
-    model_config = _REQUEST
+    model_config = REQUEST
 
     tenant_id: TenantIdField
     environment: Environment = Field(strict=False)
@@ -162,7 +111,7 @@ class BatchTransitionIn(TransitionIn):
 class BatchIn(BaseModel):
     """Body of POST /internal/v1/transitions."""
 
-    model_config = _REQUEST
+    model_config = REQUEST
 
     transitions: list[BatchTransitionIn] = Field(
         min_length=1,

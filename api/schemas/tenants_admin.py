@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.pagination import ListPage, PageQuery
+from api.schemas.common import REQUEST
 from dispatcher.models import ApiKeyInfo, Environment, Tenant
 
 MAX_NAME_CHARS = 200
@@ -65,13 +66,11 @@ KeyName = Annotated[
     AfterValidator(_check_name),
 ]
 
-_REQUEST = ConfigDict(extra="forbid", strict=True)
-
 
 class TenantIn(BaseModel):
     """Body of POST /internal/v1/tenants."""
 
-    model_config = _REQUEST
+    model_config = REQUEST
 
     name: Name
     uid: Uid | None = Field(
@@ -84,7 +83,7 @@ class TenantIn(BaseModel):
 class TenantPatch(BaseModel):
     """Body of PATCH /internal/v1/tenants/{id}: only the fields given change."""
 
-    model_config = _REQUEST
+    model_config = REQUEST
 
     name: Name | None = None
     suspended: bool | None = Field(
@@ -125,7 +124,7 @@ class TenantDeletion(BaseModel):
 class ApiKeyIn(BaseModel):
     """Body of POST /internal/v1/tenants/{id}/keys."""
 
-    model_config = _REQUEST
+    model_config = REQUEST
 
     environment: Environment = Field(strict=False, description="'sandbox' or 'production'.")
     name: KeyName | None = None
