@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -39,8 +39,6 @@ from dispatcher.store import idempotency as store
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
-
-Handler = Callable[[asyncpg.Connection], Awaitable[web.Response]]
 
 
 class IdempotencyKeyReused(DispatcherError):
@@ -153,13 +151,3 @@ async def idempotency_scope(
                     "use a new key for a new request"
                 )
             yield Scope(conn, _replay(stored.status, stored.body))
-
-
-async def idempotent(
-    request: web.Request, scope: str, handler: Handler, *, omit: tuple[str, ...] = ()
-) -> web.Response:
-    """`idempotency_scope` for a route written as one handler over the connection."""
-    async with idempotency_scope(request, scope, omit=omit) as unit:
-        if unit.replay is not None:
-            return unit.replay
-        return await unit.answer(await handler(unit.conn))

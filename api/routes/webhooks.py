@@ -9,14 +9,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, TypeVar
 
-import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from api import auth
 from api.context import clock, pool, settings
 from api.examples import example_event
-from api.idempotency import idempotent, tenant_scope
+from api.idempotency import idempotency_scope, tenant_scope
 from api.openapi import operation
 from api.pagination import PageQuery, page_query, resolve_cursor, slice_page
 from api.responses import field_errors, json_response, parse_optional, read_json
@@ -98,10 +97,11 @@ async def create_webhook(request: web.Request) -> web.Response:
     owner = await auth.tenant(request)
     spec = _validated(request, EndpointCreate, await read_json(request), owner)
     now = clock(request).now()
-
-    async def write(conn: asyncpg.Connection) -> web.Response:
+    async with idempotency_scope(request, tenant_scope(owner), omit=SECRET_FIELDS) as scope:
+        if scope.replay is not None:
+            return scope.replay
         endpoint = await store.create_endpoint(
-            conn,
+            scope.conn,
             owner,
             url=spec.url,
             event_types=spec.events,
@@ -115,9 +115,7 @@ async def create_webhook(request: web.Request) -> web.Response:
             rate_limit_per_second=spec.rate_limit_per_second,
             ordering=spec.ordering,
         )
-        return _show(endpoint_with_secret(endpoint), status=201)
-
-    return await idempotent(request, tenant_scope(owner), write, omit=SECRET_FIELDS)
+        return await scope.answer(_show(endpoint_with_secret(endpoint), status=201))
 
 
 @routes.get("/v1/webhooks")
@@ -257,14 +255,15 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
         overlap = settings(request).secret_overlap_seconds
     endpoint_id = request.match_info["id"]
     now = clock(request).now()
-
-    async def write(conn: asyncpg.Connection) -> web.Response:
-        endpoint = await store.rotate_secret(conn, owner, endpoint_id, spec.secret, overlap, now)
+    async with idempotency_scope(request, tenant_scope(owner), omit=SECRET_FIELDS) as scope:
+        if scope.replay is not None:
+            return scope.replay
+        endpoint = await store.rotate_secret(
+            scope.conn, owner, endpoint_id, spec.secret, overlap, now
+        )
         if endpoint is None:
             raise _not_found()
-        return _show(endpoint_with_secret(endpoint))
-
-    return await idempotent(request, tenant_scope(owner), write, omit=SECRET_FIELDS)
+        return await scope.answer(_show(endpoint_with_secret(endpoint)))
 
 
 @routes.get("/v1/event-types")
