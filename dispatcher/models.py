@@ -133,7 +133,7 @@ class Circuit(StrEnum):
 
 
 @dataclass(frozen=True)
-class DeliveryState:
+class EndpointState:
     """What an endpoint's delivery looks like right now, across all worker processes."""
 
     circuit: Circuit
@@ -145,7 +145,7 @@ class DeliveryState:
     @classmethod
     def from_row(
         cls, row: Any, now: datetime, *, adaptive_limit: int, breaker_threshold: int
-    ) -> DeliveryState:
+    ) -> EndpointState:
         """Same rule as the claim: past the failure threshold, one attempt at a time."""
         failing = row["consecutive_failures"] >= breaker_threshold
         until = row["circuit_open_until"]

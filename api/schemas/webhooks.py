@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from api.pagination import ListPage
 from api.schemas.common import MAX_JSON_OBJECT_BYTES, REQUEST, bounded_json_object
 from api.urls import MAX_URL_LENGTH, redact_url
-from dispatcher.models import Circuit, DeliveryState, Endpoint, Ordering
+from dispatcher.models import Circuit, Endpoint, EndpointState, Ordering
 from dispatcher.ratelimit import MAX_RATE_PER_SECOND
 from dispatcher.signing import SECRET_PREFIX
 from dispatcher.transitions import EVENT_TYPES, WILDCARD_PATTERNS, valid_event_pattern
@@ -350,7 +350,7 @@ def endpoint_with_secret(endpoint: Endpoint) -> EndpointWithSecret:
     return EndpointWithSecret(**shown.model_dump(), secret=endpoint.secret)
 
 
-def endpoint_detail(endpoint: Endpoint, state: DeliveryState) -> EndpointDetail:
+def endpoint_detail(endpoint: Endpoint, state: EndpointState) -> EndpointDetail:
     return EndpointDetail(
         **endpoint_object(endpoint).model_dump(),
         delivery_state=DeliveryStateObject(

@@ -15,7 +15,7 @@ from dispatcher.errors import FieldError, ValidationFailed
 from dispatcher.flow import state_from_row
 from dispatcher.ids import EndpointId
 from dispatcher.limiter import allowed
-from dispatcher.models import DeliveryState, Endpoint, Ordering, Principal
+from dispatcher.models import Endpoint, EndpointState, Ordering, Principal
 from dispatcher.queue import QueueLimits, cancel_pending
 from dispatcher.signing import (
     ED25519,
@@ -248,13 +248,13 @@ async def active_secrets(
 
 async def delivery_state(
     conn: asyncpg.Connection, endpoint_id: str, now: datetime, limits: QueueLimits
-) -> DeliveryState | None:
+) -> EndpointState | None:
     """The endpoint's live delivery state, as every worker process currently shares it."""
     row = await conn.fetchrow(q.ENDPOINT_DELIVERY_STATE, endpoint_id)
     if row is None:
         return None
     config = limits.limiter()
-    return DeliveryState.from_row(
+    return EndpointState.from_row(
         row,
         now,
         adaptive_limit=allowed(state_from_row(row, config), config),
