@@ -39,6 +39,7 @@ def create_app(
     app.add_routes(ops.routes)
     app.add_routes([*webhooks.routes, *openapi.routes])
     app.add_routes(platform_routes.routes)
+    platform_routes.setup(app)
     app.add_routes(delivery_routes.routes)
     app.add_routes(event_routes.routes)
     app.add_routes(test_send_routes.routes)

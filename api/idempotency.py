@@ -50,6 +50,11 @@ def tenant_scope(principal: Principal) -> str:
     return f"{principal.tenant_id}:{principal.environment.value}"
 
 
+def has_key(request: web.Request) -> bool:
+    """Whether the request names an Idempotency-Key (valid or not: the scope judges it)."""
+    return HEADER in request.headers
+
+
 def _key(request: web.Request) -> str | None:
     key = request.headers.get(HEADER)
     if key is None:

@@ -13,7 +13,8 @@ Decisions:
   locked until commit, so the write never loses there and the caller's transaction never has
   to be retried; transitions of several mailings must be inside one (all or nothing).
 - Events are counted (``webhook_events_ingested_total``) where they are written; inside a
-  transaction that later rolls back they were counted all the same.
+  transaction that later rolls back they were counted all the same, unless its owner counts
+  them on commit instead (``count=False``: the group-commit batcher does).
 """
 
 from __future__ import annotations
@@ -227,11 +228,13 @@ def _judge(
 
 
 async def ingest(
-    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime
+    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime, *, count: bool = True
 ) -> list[Recorded]:
     """Apply transitions in order; one verdict per item, in order.
 
     Raises UnknownTenants (nothing written) when an item names a tenant that is not live.
+    ``count=False``: the caller owns the transaction and counts the accepted events once it
+    has committed (the group-commit batcher).
     """
     if not items:
         return []
@@ -249,7 +252,7 @@ async def ingest(
         results, batch = _judge(items, states, now)
         # Inside a transaction the locks are held already: the write takes none again.
         held = [] if in_transaction else locks
-        if not batch.ids or await _write(conn, batch, states, held, now):
+        if not batch.ids or await _write(conn, batch, states, held, now, count):
             return results
         if in_transaction:
             break  # the caller's transaction holds a partial write: it must roll back
@@ -262,6 +265,7 @@ async def _write(
     states: dict[MailingKey, _MailingState],
     locks: list[int],
     now: datetime,
+    count: bool,
 ) -> bool:
     """Events, mailings, fan-out and NOTIFY in one round trip; False when a mailing changed
     since it was read (nothing of that mailing is written)."""
@@ -287,7 +291,8 @@ async def _write(
         locks,
     )
     assert row is not None
-    EVENTS_INGESTED.inc(row["events"])
+    if count:
+        EVENTS_INGESTED.inc(row["events"])
     return bool(row["mailings"] == len(changed))
 
 

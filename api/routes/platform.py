@@ -20,6 +20,10 @@ Decisions:
   error.
 - Without an Idempotency-Key, transitions of one mailing take no transaction (one read, one
   write statement); a batch of several mailings is one transaction.
+- A single transition without an Idempotency-Key goes through the process's group-commit
+  batcher (`dispatcher.ingest_batcher`): the ones that arrive while a batch is being written
+  are written together next, each answered with its own verdict, exactly as it would be
+  alone. With a key it keeps its own transaction, which also stores the answer.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from api import auth
-from api.context import clock
-from api.idempotency import idempotency_scope
+from api.context import POOL, clock
+from api.idempotency import has_key, idempotency_scope
 from api.openapi import operation
 from api.responses import field_errors, json_response, read_json
 from api.schemas.common import mailing_id_problem
@@ -48,9 +52,11 @@ from api.schemas.platform import (
 )
 from dispatcher.errors import FieldError, ValidationFailed
 from dispatcher.events import Recorded, Transition, UnknownTenants, ingest
+from dispatcher.ingest_batcher import IngestBatcher
 from dispatcher.transitions import Accept, Refuse
 
 routes = web.RouteTableDef()
+BATCHER = web.AppKey("ingest_batcher", IngestBatcher)
 
 M = TypeVar("M", bound=BaseModel)
 TAG = "platform"
@@ -99,15 +105,28 @@ def _one_mailing(items: Sequence[Transition]) -> bool:
     return len({(t.tenant_id, t.environment, t.mailing_id) for t in items}) == 1
 
 
+def setup(app: web.Application) -> None:
+    """The app's batcher, on the app's pool; its last batches are written before the pool
+    closes (cleanup runs after the requests were answered)."""
+    app[BATCHER] = IngestBatcher(app[POOL])
+
+    async def close(app: web.Application) -> None:
+        await app[BATCHER].close()
+
+    app.on_cleanup.append(close)
+
+
+def _unknown(exc: UnknownTenants, field: Callable[[int], str]) -> ValidationFailed:
+    return ValidationFailed([FieldError(field(i), "no such tenant") for i in exc.positions])
+
+
 async def _ingest(
     conn: asyncpg.Connection, items: list[Transition], now: datetime, field: Callable[[int], str]
 ) -> list[Recorded]:
     try:
         return await ingest(conn, items, now)
     except UnknownTenants as exc:
-        raise ValidationFailed(
-            [FieldError(field(i), "no such tenant") for i in exc.positions]
-        ) from None
+        raise _unknown(exc, field) from None
 
 
 def _refusal(done: Recorded) -> dict[str, Any]:
@@ -149,6 +168,12 @@ async def post_transition(request: web.Request) -> web.Response:
         request, TransitionIn, now, [FieldError("mailing_id", problem)] if problem else ()
     )
     items = [_transition(spec, mailing_id)]
+    if not has_key(request):
+        try:
+            done = await request.app[BATCHER].ingest(items[0], now)
+        except UnknownTenants as exc:
+            raise _unknown(exc, lambda _: "tenant_id") from None
+        return _answer(done)
     async with idempotency_scope(request, SCOPE, transaction=False) as scope:
         if scope.replay is not None:
             return scope.replay
