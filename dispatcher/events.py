@@ -12,9 +12,12 @@ Decisions:
   (else read again). Inside a transaction the mailings are locked before the read and stay
   locked until commit, so the write never loses there and the caller's transaction never has
   to be retried; transitions of several mailings must be inside one (all or nothing).
+- Independent transitions (`ingest_round`, the group-commit batcher's) are written the same
+  way outside a transaction, several mailings in one statement, each mailing on its own: a
+  mailing another writer changed is not written and its transitions are judged again, the
+  others stand.
 - Events are counted (``webhook_events_ingested_total``) where they are written; inside a
-  transaction that later rolls back they were counted all the same, unless its owner counts
-  them on commit instead (``count=False``: the group-commit batcher does).
+  transaction that later rolls back they were counted all the same.
 """
 
 from __future__ import annotations
@@ -104,6 +107,9 @@ class _MailingState:
     changed: bool = False
 
 
+_UNCHANGED = _MailingState(MailingStatus.CREATED, MailType.STANDARD, "", None)
+
+
 @dataclass
 class _Batch:
     ids: list[str] = field(default_factory=list)
@@ -160,6 +166,10 @@ def _data(t: Transition) -> dict[str, Any]:
     if t.metadata is not None:
         data["metadata"] = t.metadata
     return data
+
+
+def _mailing(t: Transition) -> MailingKey:
+    return (t.tenant_id, t.environment, t.mailing_id)
 
 
 def _lock_key(t: Transition) -> int:
@@ -228,35 +238,71 @@ def _judge(
 
 
 async def ingest(
-    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime, *, count: bool = True
+    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime
 ) -> list[Recorded]:
     """Apply transitions in order; one verdict per item, in order.
 
     Raises UnknownTenants (nothing written) when an item names a tenant that is not live.
-    ``count=False``: the caller owns the transaction and counts the accepted events once it
-    has committed (the group-commit batcher).
     """
     if not items:
         return []
-    in_transaction = conn.is_in_transaction()
-    if not in_transaction and len({(t.tenant_id, t.environment, t.mailing_id) for t in items}) > 1:
+    if conn.is_in_transaction():
+        return await _ingest_locked(conn, items, now)
+    if len({_mailing(t) for t in items}) > 1:
         raise RuntimeError("transitions of several mailings must be recorded in a transaction")
-    locks = sorted({_lock_key(t) for t in items})
-    if in_transaction:
-        await conn.execute(q.LOCK_MAILINGS, locks)
     for _ in range(MAX_READS):
-        tenants, states = await _read(conn, items)
-        unknown = [i for i, t in enumerate(items) if t.tenant_id not in tenants]
+        outcomes = await ingest_round(conn, items, now)
+        unknown = [i for i, o in enumerate(outcomes) if isinstance(o, UnknownTenants)]
         if unknown:
             raise UnknownTenants(unknown)
-        results, batch = _judge(items, states, now)
-        # Inside a transaction the locks are held already: the write takes none again.
-        held = [] if in_transaction else locks
-        if not batch.ids or await _write(conn, batch, states, held, now, count):
-            return results
-        if in_transaction:
-            break  # the caller's transaction holds a partial write: it must roll back
+        done = [o for o in outcomes if isinstance(o, Recorded)]
+        if len(done) == len(items):
+            return done
     raise ConcurrentChange("the mailing changed concurrently; retry")
+
+
+async def _ingest_locked(
+    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime
+) -> list[Recorded]:
+    """Inside the caller's transaction: the mailings locked before the read, so the write
+    never loses to another writer, and all or nothing."""
+    await conn.execute(q.LOCK_MAILINGS, sorted({_lock_key(t) for t in items}))
+    tenants, states = await _read(conn, items)
+    unknown = [i for i, t in enumerate(items) if t.tenant_id not in tenants]
+    if unknown:
+        raise UnknownTenants(unknown)
+    results, batch = _judge(items, states, now)
+    changed = sum(1 for s in states.values() if s.changed)
+    if batch.ids and len(await _write(conn, batch, states, [], now)) < changed:
+        # only a tenant deleted since the read does this; the transaction must roll back
+        raise ConcurrentChange("the tenant was deleted concurrently; retry")
+    return results
+
+
+async def ingest_round(
+    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime
+) -> list[Recorded | UnknownTenants | None]:
+    """Independent transitions, outside a transaction: one read, one write, each mailing on
+    its own. In order, one outcome per item: its verdict (final: written, or nothing to
+    write), UnknownTenants (nothing of it written), or None when another writer changed
+    its mailing between the read and the write (nothing of that mailing was written: judge
+    its transitions again, before any that came after them).
+    """
+    if conn.is_in_transaction():
+        raise RuntimeError("ingest_round writes each mailing on its own: no transaction")
+    tenants, states = await _read(conn, items)
+    known = [i for i, t in enumerate(items) if t.tenant_id in tenants]
+    results, batch = _judge([items[i] for i in known], states, now)
+    written: set[MailingKey] = set()
+    if batch.ids:
+        locks = sorted({_lock_key(items[i]) for i in known})
+        written = await _write(conn, batch, states, locks, now)
+    outcomes: list[Recorded | UnknownTenants | None] = [UnknownTenants([0]) for _ in items]
+    for i, result in zip(known, results, strict=True):
+        key = _mailing(items[i])
+        final = key in written or not states.get(key, _UNCHANGED).changed
+        outcomes[i] = result if final else None
+    return outcomes
 
 
 async def _write(
@@ -265,10 +311,9 @@ async def _write(
     states: dict[MailingKey, _MailingState],
     locks: list[int],
     now: datetime,
-    count: bool,
-) -> bool:
-    """Events, mailings, fan-out and NOTIFY in one round trip; False when a mailing changed
-    since it was read (nothing of that mailing is written)."""
+) -> set[MailingKey]:
+    """Events, mailings, fan-out and NOTIFY in one round trip; the mailings written (one
+    that changed since it was read is not, nor are its events)."""
     changed = [(k, s) for k, s in states.items() if s.changed]
     await ensure_day(conn, now)
     row = await conn.fetchrow(
@@ -291,9 +336,10 @@ async def _write(
         locks,
     )
     assert row is not None
-    if count:
-        EVENTS_INGESTED.inc(row["events"])
-    return bool(row["mailings"] == len(changed))
+    EVENTS_INGESTED.inc(row["events"])
+    if row["mailings"] == len(changed):
+        return {k for k, _ in changed}
+    return {(t, e, m) for t, e, m in row["written"] or ()}
 
 
 async def record_transitions(

@@ -10,21 +10,23 @@ Decisions:
 - No timer. While a batch is in flight, arriving transitions queue; when it is done,
   everything queued (at most ``MAX_BATCH``, in arrival order) is the next batch. An idle
   process writes a lone transition at once, so coalescing adds no latency at low load.
-- Arrival order is batch order, and `ingest` decides a batch in order, each transition
-  against its mailing as the earlier ones left it: two reports of one mailing in one batch
-  get the verdicts they would have got one after the other.
-- Tenants and environments mix in a batch: the batch path reads every tenant and mailing it
-  names and writes each row under its own. A transition of an unknown tenant gets
-  `UnknownTenants` (its own 422); the others are ingested without it.
-- A batch of one mailing takes no transaction (one read, one write: exactly the single
-  path); several mailings take one (lock, read, write).
+- Arrival order is batch order, and a batch is judged in order, each transition against its
+  mailing as the earlier ones left it: two reports of one mailing in one batch get the
+  verdicts they would have got one after the other.
+- No transaction: a batch is one read and one write (`dispatcher.events.ingest_round`, the
+  same two statements as a transition alone), each mailing written on its own. A mailing
+  another writer changed in between is not written; its transitions go back to the head of
+  the queue, judged again in the next batch before anything that arrived after them (after
+  ``MAX_READS`` rounds: ConcurrentChange, as alone).
+- Tenants and environments mix in a batch: the read covers every tenant and mailing named
+  and each row is written under its own. A transition of an unknown tenant gets
+  `UnknownTenants` (its own 422); the others are written without it.
 - A database error fails no neighbour: when a batch of several transitions fails, each is
   ingested again alone, in arrival order, and gets its own answer or its own error, so one
-  poisoned transition cannot fail the others. A retry never duplicates an event: had the
-  failed batch committed after all (its COMMIT's answer lost), the state machine answers
-  the retry with Repeat and the original event.
-- Counted once: a batch written in a transaction counts its events after the commit (a
-  batch that rolls back counted nothing; its transitions are counted by their retries).
+  poisoned transition cannot fail the others. The failed statement wrote nothing and
+  counted nothing; a retry never duplicates an event (had the statement committed after
+  all, its answer lost with the connection, the retry is answered Repeat and the original
+  event).
 - Requests with an ``Idempotency-Key`` never come here: their stored answer shares their
   own transaction.
 """
@@ -40,26 +42,26 @@ from datetime import datetime
 
 import asyncpg
 
-from dispatcher.events import Recorded, Transition, UnknownTenants, ingest
-from dispatcher.metrics import EVENTS_INGESTED
-from dispatcher.transitions import Accept
+from dispatcher.events import (
+    MAX_READS,
+    ConcurrentChange,
+    Recorded,
+    Transition,
+    ingest,
+    ingest_round,
+)
 
 MAX_BATCH = 1000
 
 log = logging.getLogger(__name__)
 
-Outcome = Recorded | UnknownTenants
 
-
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Waiting:
     transition: Transition
     now: datetime
     answer: asyncio.Future[Recorded]
-
-
-def _mailing(t: Transition) -> tuple[str, str, str]:
-    return (t.tenant_id, t.environment, t.mailing_id)
+    reads: int = 0  # rounds in which another writer changed its mailing first
 
 
 def _settle(waiting: _Waiting, outcome: Recorded | BaseException) -> None:
@@ -72,28 +74,6 @@ def _settle(waiting: _Waiting, outcome: Recorded | BaseException) -> None:
         waiting.answer.set_exception(outcome)
     else:
         waiting.answer.set_result(outcome)
-
-
-async def ingest_known(
-    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime, *, count: bool = True
-) -> list[Outcome]:
-    """`ingest`, except that a transition of an unknown tenant gets its own UnknownTenants
-    and the rest are ingested without it (inside a transaction: its locks are held already)."""
-    outcomes: list[Outcome | None] = [None] * len(items)
-    left = list(range(len(items)))
-    while left:
-        try:
-            done = await ingest(conn, [items[i] for i in left], now, count=count)
-        except UnknownTenants as exc:
-            unknown = {left[p] for p in exc.positions}
-            for i in unknown:
-                outcomes[i] = UnknownTenants([0])
-            left = [i for i in left if i not in unknown]
-            continue
-        for i, recorded in zip(left, done, strict=True):
-            outcomes[i] = recorded
-        break
-    return [o for o in outcomes if o is not None]
 
 
 class IngestBatcher:
@@ -185,7 +165,10 @@ class IngestBatcher:
         if self._on_batch is not None:
             await self._on_batch([w.transition for w in batch])
         try:
-            outcomes = await self._together(batch)
+            async with self._pool.acquire() as conn:
+                outcomes = await ingest_round(
+                    conn, [w.transition for w in batch], max(w.now for w in batch)
+                )
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc)
@@ -197,26 +180,22 @@ class IngestBatcher:
             for waiting in batch:
                 await self._alone(waiting)
             return
+        again = []
         for waiting, outcome in zip(batch, outcomes, strict=True):
-            _settle(waiting, outcome)
-
-    async def _together(self, batch: list[_Waiting]) -> list[Outcome]:
-        items = [w.transition for w in batch]
-        now = max(w.now for w in batch)
-        async with self._pool.acquire() as conn:
-            if len({_mailing(t) for t in items}) == 1:
-                return await ingest_known(conn, items, now)
-            async with conn.transaction():
-                outcomes = await ingest_known(conn, items, now, count=False)
-        EVENTS_INGESTED.inc(
-            sum(1 for o in outcomes if isinstance(o, Recorded) and isinstance(o.verdict, Accept))
-        )
-        return outcomes
+            if outcome is not None:
+                _settle(waiting, outcome)
+                continue
+            waiting.reads += 1
+            if waiting.reads < MAX_READS:
+                again.append(waiting)
+            else:
+                _settle(waiting, ConcurrentChange("the mailing changed concurrently; retry"))
+        self._queue[:0] = again  # before whatever arrived after them
 
     async def _alone(self, waiting: _Waiting) -> None:
         try:
             async with self._pool.acquire() as conn:
-                (outcome,) = await ingest_known(conn, [waiting.transition], waiting.now)
+                (outcome,) = await ingest(conn, [waiting.transition], waiting.now)
         except Exception as exc:
             _settle(waiting, exc)
             return

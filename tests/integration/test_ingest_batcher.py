@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 from api.app import create_app
 from api.routes.platform import BATCHER
 from dispatcher.clock import FakeClock
-from dispatcher.events import Recorded, Transition, UnknownTenants, ingest
+from dispatcher.events import Recorded, Transition, UnknownTenants, ingest, record_transitions
 from dispatcher.ingest_batcher import IngestBatcher
 from dispatcher.transitions import Accept, MailingStatus, MailType, decide
 from tests.conftest import PLATFORM_TOKEN, make_settings
@@ -191,6 +191,42 @@ async def test_batches_are_at_most_max_batch_and_queue_behind_the_one_in_flight(
     assert gate.sizes() == [1, 50, 50, 20]
     assert {d.verdict.word for d in done} == {"accepted"}
     assert batcher.waiting == 0
+
+
+async def test_a_mailing_changed_meanwhile_is_judged_again_and_the_others_stand(
+    pool: asyncpg.Pool, make_tenant: Any, clock: FakeClock
+) -> None:
+    """Another writer (the outbox, in its transaction) changes ml_x between the batch's read
+    and its write: ml_y is written, ml_x is not, and its two transitions are judged again,
+    in order, against what the other writer left (here: refused)."""
+    tenant = (await make_tenant()).tenant_id
+    gate = Gate(hold_first=False)
+    batcher = IngestBatcher(pool, on_batch=gate)
+    start = _ingested()
+    async with pool.acquire() as other, pool.acquire() as watcher:
+        tx = other.transaction()
+        await tx.start()
+        printed = Transition(tenant, "sandbox", "ml_x", MailingStatus.PRINTED)
+        await record_transitions(other, [printed], clock.now())  # holds ml_x's lock
+        answers = [
+            batcher.submit(Transition(tenant, "sandbox", m, MailingStatus(s)), clock.now())
+            for m, s in [("ml_x", "created"), ("ml_y", "created"), ("ml_x", "paid")]
+        ]
+        async with asyncio.timeout(10):
+            while not await watcher.fetchval(  # noqa: ASYNC110 - waiting on another session
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ):
+                await asyncio.sleep(0.01)
+        await tx.commit()
+        x_created, y_created, x_paid = await asyncio.gather(*answers)
+    assert gate.sizes() == [3, 2], "ml_x's two transitions went again, alone"
+    assert y_created.verdict.word == "accepted"
+    assert x_created.verdict.word == x_paid.verdict.word == "refused"
+    assert x_created.current_status == x_paid.current_status == MailingStatus.PRINTED
+    async with pool.acquire() as conn:
+        events = sorted(await conn.fetch("SELECT mailing_id, event_type FROM events"))
+    assert [tuple(e) for e in events] == [("ml_x", "mailing.printed"), ("ml_y", "mailing.created")]
+    assert _ingested() - start == 2
 
 
 async def test_a_request_that_goes_away_does_not_stop_the_others(

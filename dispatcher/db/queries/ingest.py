@@ -39,7 +39,8 @@ JOIN unnest($2::text[], $3::text[], $4::text[]) AS k (tenant_id, environment, ma
 #   $6 occurred_ats, $7 bodies. $8 now (created_at, and when deliveries fall due).
 # Mailings: $9 tenant_ids, $10 environments, $11 mailing_ids, $12 statuses, $13 mail_types,
 #   $14 last event ids, $15 the last event ids read (NULL: none), $16 lock keys (bigint[]).
-# -> deliveries created, mailings written, events written
+# -> deliveries created, mailings written, the written mailings' (tenant_id, environment,
+#    mailing_id) when not all were, events written
 WRITE_EVENTS = (
     """
 WITH locked AS (
@@ -96,6 +97,9 @@ fanned AS (
 created AS (SELECT count(*)::int AS n FROM fanned)
 SELECT n AS deliveries,
        (SELECT count(*)::int FROM mailings_now) AS mailings,
+       CASE WHEN (SELECT count(*) FROM mailings_now) < cardinality($9::text[]) THEN
+           (SELECT array_agg(ARRAY[tenant_id, environment, mailing_id]) FROM mailings_now)
+       END AS written,
        (SELECT count(*)::int FROM new_events) AS events,
        CASE WHEN n > 0 THEN pg_notify('dispatcher_deliveries', '') END AS notified
 FROM created
