@@ -40,7 +40,7 @@ from dispatcher.queue import QueueLimits, claim
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
 from tests.deadlock_scan import find_deadlocks
-from tests.perf import delivery_log, flow
+from tests.perf import delivery_log, flow, minimal
 
 TOKEN = "bench-platform-token-0123456789abcdef"
 ENCRYPTION_KEY = "YmVuY2gtZW5jcnlwdGlvbi1rZXktMzItYnl0ZXMtMDA="
@@ -223,11 +223,15 @@ class Bench:
         async with self.http.post(self.recv("_reset")) as r:
             r.raise_for_status()
 
-    async def stop_all_workers(self) -> None:
+    async def stop_extra_processes(self) -> None:
+        """Everything but the API and the receiver (workers, the reference pipeline)."""
         api_and_receiver = self.procs[:2]
         for p in self.procs[2:]:
             await p.stop(grace=3)
         self.procs = api_and_receiver
+
+    async def stop_all_workers(self) -> None:
+        await self.stop_extra_processes()
 
         async def gone() -> bool:
             return await self.listening_workers() == 0
@@ -552,6 +556,7 @@ async def measure(bench: Bench, args: argparse.Namespace, figures: dict[str, Any
             ">= 0.60 x ceiling",
             c,
         )
+    await minimal.section(bench, only, args.runs, put, c)  # when asked for
     if "dispatch" in only:
         one = await repeat(args.runs, lambda: bench.dispatch_only(1))
         put(
@@ -671,7 +676,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-SECTIONS = ("sustained", "dispatch", "latency", "isolation", "ingest", "backlog", "log", "flow")
+SECTIONS = (
+    "reference",
+    "sustained",
+    "dispatch",
+    "latency",
+    "isolation",
+    "ingest",
+    "backlog",
+    "log",
+    "flow",
+)
 
 
 def main() -> None:
