@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +41,7 @@ from dispatcher.queue import QueueLimits, claim
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
 from tests.deadlock_scan import find_deadlocks
-from tests.perf import delivery_log, flow, minimal
+from tests.perf import cpu, delivery_log, flow, minimal
 
 TOKEN = "bench-platform-token-0123456789abcdef"
 ENCRYPTION_KEY = "YmVuY2gtZW5jcnlwdGlvbi1rZXktMzItYnl0ZXMtMDA="
@@ -322,17 +323,31 @@ class Bench:
         await self.stop_all_workers()
         return 3 * self.events / (last - start)
 
-    async def dispatch_only(self, workers: int = 1) -> tuple[float, int]:
+    def cpu_snapshot(self) -> Counter[tuple[str, int]]:
+        """CPU ticks of the receiver, the API, the workers and PostgreSQL's backends."""
+        return cpu.snapshot(
+            {
+                "receiver": [self.procs[0].p.pid],
+                "api": [self.procs[1].p.pid],
+                "worker": [p.p.pid for p in self.procs[2:]],
+            },
+            cpu.postmaster(self.tmp),
+        )
+
+    async def dispatch_only(self, workers: int = 1) -> tuple[float, int, dict[str, float]]:
+        """Deliveries/s, duplicates, and CPU microseconds per delivery by process."""
         await self.reset()
         await self.ingest(self.tenants["sustained"], self.events)
+        before = self.cpu_snapshot()
         await self.start_workers(workers, **THROUGHPUT)
         await self.wait_received(3 * self.events)
+        spent = cpu.per_item_us(before, self.cpu_snapshot(), 3 * self.events)
         await asyncio.sleep(0.5)
         got = await self.arrivals()
         await self.stop_all_workers()
         times = [t for _, _, t in got]
         duplicates = len(got) - len({(n, e) for n, e, _ in got})
-        return 3 * self.events / (max(times) - min(times)), duplicates
+        return 3 * self.events / (max(times) - min(times)), duplicates, spent
 
     async def latency(self, rate: int, tenant: str, seconds: float = 5) -> dict[str, float]:
         await self.reset()
@@ -558,21 +573,7 @@ async def measure(bench: Bench, args: argparse.Namespace, figures: dict[str, Any
         )
     await minimal.section(bench, only, args.runs, put, c)  # when asked for
     if "dispatch" in only:
-        one = await repeat(args.runs, lambda: bench.dispatch_only(1))
-        put(
-            "dispatch-only, 1 worker",
-            [x[0] for x in one],
-            "deliveries/s",
-            ">= 0.70 x ceiling",
-            c,
-        )
-        two = await repeat(args.runs, lambda: bench.dispatch_only(2))
-        put("dispatch-only, 2 workers", [x[0] for x in two], "deliveries/s", "no loss", c)
-        figures["duplicates (scale-out)"] = {
-            **summary([float(x[1]) for x in one + two]),
-            "unit": "",
-            "target": "0",
-        }
+        await _dispatch(bench, args, put, c, figures)
     if "latency" in only:
         for rate in (200, 1000, 2000):
             lats = await repeat(args.runs, _latency_run(bench, rate, "latency"))
@@ -614,6 +615,37 @@ async def measure(bench: Bench, args: argparse.Namespace, figures: dict[str, Any
             put(name, values, unit, target)
     if "log" in only:
         figures.update(await _delivery_log(bench, args))
+
+
+async def _dispatch(
+    bench: Bench,
+    args: argparse.Namespace,
+    put: Callable[..., None],
+    c: float,
+    figures: dict[str, Any],
+) -> None:
+    """Dispatch-only with 1 and 2 workers, and where the 1-worker run's CPU went."""
+    one = await repeat(args.runs, lambda: bench.dispatch_only(1))
+    put(
+        "dispatch-only, 1 worker",
+        [x[0] for x in one],
+        "deliveries/s",
+        ">= 0.70 x ceiling",
+        c,
+    )
+    for process in ("worker", "postgres", "receiver"):
+        put(
+            f"dispatch-only, 1 worker: {process} CPU per delivery",
+            [x[2].get(process, 0.0) for x in one],
+            "us",
+        )
+    two = await repeat(args.runs, lambda: bench.dispatch_only(2))
+    put("dispatch-only, 2 workers", [x[0] for x in two], "deliveries/s", "no loss", c)
+    figures["duplicates (scale-out)"] = {
+        **summary([float(x[1]) for x in one + two]),
+        "unit": "",
+        "target": "0",
+    }
 
 
 async def _backlogs(
