@@ -27,7 +27,7 @@ from api.routes.platform import BATCHER
 from dispatcher.clock import FakeClock
 from dispatcher.events import Recorded, Transition, UnknownTenants, ingest, record_transitions
 from dispatcher.ingest_batcher import IngestBatcher
-from dispatcher.transitions import Accept, MailingStatus, MailType, decide
+from dispatcher.transitions import FORWARD_ORDER, Accept, MailingStatus, MailType, decide
 from tests.conftest import PLATFORM_TOKEN, make_settings
 
 Client = TestClient[Any, Any]
@@ -420,3 +420,42 @@ async def test_a_database_error_fails_only_its_own_transition(
     finally:
         async with pool.acquire() as conn:
             await conn.execute("DROP TRIGGER test_poison ON mailings; DROP FUNCTION test_poison()")
+
+
+async def test_coalesced_and_keyed_reports_of_one_mailing_lose_no_update(
+    client: Client, pool: asyncpg.Pool, make_tenant: Any
+) -> None:
+    """Reports without a key (coalesced, no transaction) race reports with an
+    Idempotency-Key (their own transaction, mailing locked before the read) on one
+    mailing: every 202 has its event, no event lacks one, and the accepted events form a
+    chain the state machine allows, ending at the mailing's stored status."""
+    tenant = (await make_tenant()).tenant_id
+    statuses = [s for s in MailingStatus if s is not MailingStatus.RETURN_RECEIPT] * 3
+    body = {"tenant_id": tenant, "environment": "sandbox"}
+
+    async def send(n: int, status: MailingStatus) -> tuple[int, dict[str, Any]]:
+        headers = {**AUTH, **({"Idempotency-Key": f"k{n}"} if n % 2 else {})}
+        resp = await client.post(
+            "/internal/v1/mailings/ml_1/transitions",
+            json={**body, "status": status.value},
+            headers=headers,
+        )
+        return resp.status, await resp.json()
+
+    answers = await asyncio.gather(*(send(n, s) for n, s in enumerate(statuses)))
+    assert {code for code, _ in answers} <= {200, 202, 409}
+    accepted = {b["event_id"]: b["event_type"] for code, b in answers if code == 202}
+    async with pool.acquire() as conn:
+        events = dict(await conn.fetch("SELECT id, event_type FROM events"))
+        mailing = await conn.fetchrow("SELECT status, last_event_id FROM mailings")
+    assert events == accepted
+    chain = sorted(
+        (MailingStatus(t.removeprefix("mailing.")) for t in events.values()),
+        key=lambda s: len(FORWARD_ORDER) if s is MailingStatus.FAILED else FORWARD_ORDER.index(s),
+    )
+    previous: MailingStatus | None = None
+    for status in chain:
+        assert decide(previous, status, MailType.STANDARD) == Accept(), (previous, status)
+        previous = status
+    assert previous == mailing["status"]
+    assert events[mailing["last_event_id"]] == f"mailing.{mailing['status']}"
