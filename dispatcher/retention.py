@@ -87,6 +87,7 @@ class Partition:
     end: datetime | None  # None: MAXVALUE (or a bound this module cannot read: never removed)
     estimated_rows: int
     bytes: int
+    detaching: bool = False  # a concurrent detach was interrupted: finish it
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,15 @@ async def list_partitions(
     for r in rows:
         start, end = partition_span(r["bound"])
         found.append(
-            Partition(r["parent"], r["partition"], start, end, r["estimated_rows"], r["bytes"])
+            Partition(
+                r["parent"],
+                r["partition"],
+                start,
+                end,
+                r["estimated_rows"],
+                r["bytes"],
+                r["detaching"],
+            )
         )
     oldest = datetime.min.replace(tzinfo=UTC)
     found.sort(key=lambda p: (p.table, p.start or oldest))
@@ -184,22 +193,39 @@ async def _needed(conn: asyncpg.Connection, table: HistoryTable, partition: Part
 
 
 NEEDED = "pending deliveries need it"
+IN_USE = "in use; the next run retries"
 
 
 async def _drop(conn: asyncpg.Connection, table: HistoryTable, partition: Partition) -> str | None:
-    """Drop one partition in its own short transaction; the reason it stays, if it does."""
+    """Detach one partition concurrently, then drop it; the reason it stays, if it does.
+
+    `DETACH PARTITION ... CONCURRENTLY` takes no lock that readers of the parent wait for (a
+    claim reads event bodies through `events`): it waits for the queries that already see the
+    partition instead, while new ones no longer do. It cannot run in a transaction block, so the
+    retention lock and the requeue lock are held by the session across the check, the detach
+    and the drop: a replay waits (or finishes first) and never re-queues a delivery whose event
+    is going. A detach interrupted (lock timeout, process killed) leaves the partition pending
+    detach; the next run finishes it with FINALIZE.
+    """
+    if not await conn.fetchval(q.TRY_RETENTION_SESSION_LOCK):
+        raise _Busy
     try:
-        async with conn.transaction():
-            await _lock(conn)
-            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
-            # replays of old events wait (or finish first): checked and dropped atomically
-            await conn.execute(q.LOCK_REQUEUE_EXCLUSIVE)
+        await conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+        await conn.execute(q.LOCK_REQUEUE_SESSION)
+        try:
             if await _needed(conn, table, partition):
                 return NEEDED
+            how = "FINALIZE" if partition.detaching else "CONCURRENTLY"
+            await conn.execute(f"ALTER TABLE {table.name} DETACH PARTITION {partition.name} {how}")
             await conn.execute(f"DROP TABLE {partition.name}")
+        finally:
+            await conn.execute(q.UNLOCK_REQUEUE_SESSION)
         forget_partitions()  # a write for that day (a test's clock) makes it again
     except asyncpg.LockNotAvailableError:
-        return "in use; the next run retries"
+        return IN_USE
+    finally:
+        await conn.execute("RESET lock_timeout")
+        await conn.execute(q.UNLOCK_RETENTION_SESSION)
     return None
 
 
@@ -207,16 +233,24 @@ async def _remove_partitions(
     conn: asyncpg.Connection, history: Sequence[HistoryTable], report: RetentionReport
 ) -> None:
     tables = {t.name: t for t in history}
-    for partition in await list_partitions(conn, history):
+    # a table has at most one partition pending detach: an interrupted one is finished first,
+    # and after a detach gives up, the table's other partitions wait for the next run
+    found = sorted(await list_partitions(conn, history), key=lambda p: not p.detaching)
+    stuck: set[str] = set()
+    for partition in found:
         if partition.end is None or partition.end > report.cutoff:
             continue
         table = tables[partition.table]
         rows = await _exact_rows(conn, partition)
         if report.dry_run:
             reason = NEEDED if await _needed(conn, table, partition) else None
+        elif table.name in stuck:
+            reason = IN_USE
         else:
             reason = await _drop(conn, table, partition)
         if reason is not None:
+            if reason == IN_USE:
+                stuck.add(table.name)
             report.kept.append(Kept(table.name, partition.name, reason))
             continue
         report.removed.append(

@@ -33,7 +33,8 @@ async def test_only_idempotency_keys_older_than_a_day_go(
                 now - age,
             )
     report = await maintain(pool, now, 30)
-    assert [(r.table, r.rows) for r in report.removed] == [("idempotency_keys", 1)]
+    # (empty history partitions that other tests' fake clocks left behind may go too)
+    assert [(r.table, r.rows) for r in report.removed if r.rows] == [("idempotency_keys", 1)]
     async with pool.acquire() as conn:
         left = [r["key"] for r in await conn.fetch("SELECT key FROM idempotency_keys")]
     assert left == ["fresh"]

@@ -304,3 +304,43 @@ async def test_a_dead_letter_whose_event_was_removed_is_not_requeued(
         assert "events_p20260511" in gone and "delivery_outcomes_p20260512" not in gone
         assert await replay_dead_letters(conn, where, clock.now()) == 0
         assert await conn.fetchval("SELECT count(*) FROM delivery_queue") == 0
+
+
+async def test_a_reader_of_the_parent_is_never_blocked_and_an_interrupted_detach_is_finished(
+    pool: asyncpg.Pool, clock: FakeClock, scratch: Scratch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition goes by DETACH ... CONCURRENTLY: while a transaction that read the parent is
+    open, new reads of the parent go on (nothing queues behind the removal); the detach gives
+    up at its lock timeout and leaves the partition pending detach, out of every new query;
+    the next run, once the reader is gone, finishes it and drops the table."""
+    monkeypatch.setattr(retention, "LOCK_TIMEOUT_MS", 200)
+    events = f"{scratch.schema}.events"
+    oldest = f"{scratch.schema}.events_p20260401"
+    async with pool.acquire() as reader, pool.acquire() as conn, pool.acquire() as other:
+        tx = reader.transaction()
+        await tx.start()
+        await reader.fetchval(f"SELECT count(*) FROM {events}")  # holds its lock on the parent
+        run = asyncio.create_task(
+            apply_retention(conn, clock.now(), 30, history=scratch.history[:1], trimmed=())
+        )
+        async with asyncio.timeout(5):
+            while not run.done():  # a new reader meanwhile is never blocked
+                await other.fetchval(f"SELECT count(*) FROM {events}")
+                await asyncio.sleep(0.01)
+        first = await run
+        assert not first.removed
+        assert {k.reason for k in first.kept} == {"in use; the next run retries"}
+        pending = await conn.fetchval(
+            "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass($1)", oldest
+        )
+        assert pending is True, "left pending detach"
+        assert await other.fetchval(f"SELECT count(*) FROM {events}") == 40 * 10, (
+            "a new query no longer sees the partition being detached"
+        )
+        await tx.commit()
+        second = await apply_retention(
+            conn, clock.now(), 30, history=scratch.history[:1], trimmed=()
+        )
+        assert await conn.fetchval("SELECT to_regclass($1)", oldest) is None
+    assert [r.partition for r in second.removed][:1] == [oldest]
+    assert len(second.removed) == 10 and not second.kept

@@ -23,13 +23,25 @@ LOCK_REQUEUE_SHARED = (
 )
 LOCK_REQUEUE_EXCLUSIVE = "SELECT pg_advisory_xact_lock(hashtextextended('dispatcher.requeue', 0))"
 
+# The same two locks held by a session, across the statements that cannot run in a
+# transaction block (DETACH PARTITION ... CONCURRENTLY): released explicitly, and at the
+# latest when the session ends
+TRY_RETENTION_SESSION_LOCK = (
+    "SELECT pg_try_advisory_lock(hashtextextended('dispatcher.retention', 0))"
+)
+UNLOCK_RETENTION_SESSION = "SELECT pg_advisory_unlock(hashtextextended('dispatcher.retention', 0))"
+LOCK_REQUEUE_SESSION = "SELECT pg_advisory_lock(hashtextextended('dispatcher.requeue', 0))"
+UNLOCK_REQUEUE_SESSION = "SELECT pg_advisory_unlock(hashtextextended('dispatcher.requeue', 0))"
+
 # $1 names of range-partitioned parents (resolved on the search_path; unknown names are
 # skipped) -> each one's partitions: bound as PostgreSQL prints it, planner row estimate (-1
-# before the first ANALYZE) and size on disk with indexes and TOAST
+# before the first ANALYZE), size on disk with indexes and TOAST, and whether a concurrent
+# detach of it was interrupted (it must be finished with DETACH ... FINALIZE)
 HISTORY_PARTITIONS = """
 SELECT t.name AS parent, c.oid::regclass::text AS partition,
        pg_get_expr(c.relpartbound, c.oid) AS bound,
-       c.reltuples::bigint AS estimated_rows, pg_total_relation_size(c.oid) AS bytes
+       c.reltuples::bigint AS estimated_rows, pg_total_relation_size(c.oid) AS bytes,
+       i.inhdetachpending AS detaching
 FROM unnest($1::text[]) AS t (name)
 JOIN pg_partitioned_table pt ON pt.partrelid = to_regclass(t.name)
 JOIN pg_inherits i ON i.inhparent = pt.partrelid
