@@ -14,8 +14,8 @@ Decisions:
   to be retried; transitions of several mailings must be inside one (all or nothing).
 - Independent transitions (`ingest_round`, the group-commit batcher's) are written the same
   way outside a transaction, several mailings in one statement, each mailing on its own: a
-  mailing another writer changed is not written and its transitions are judged again, the
-  others stand.
+  mailing another writer changed, or whose lock another writer holds (tried, never waited
+  for), is not written and its transitions are to be judged again; the others stand.
 - Events are counted (``webhook_events_ingested_total``) where they are written; inside a
   transaction that later rolls back they were counted all the same.
 """
@@ -173,9 +173,12 @@ def _mailing(t: Transition) -> MailingKey:
 
 
 def _lock_key(t: Transition) -> int:
-    digest = hashlib.blake2b(
-        f"{t.tenant_id}\x1f{t.environment}\x1f{t.mailing_id}".encode(), digest_size=8
-    ).digest()
+    return _key_lock(_mailing(t))
+
+
+def _key_lock(key: MailingKey) -> int:
+    """The mailing's advisory lock key: every writer of a mailing takes it."""
+    digest = hashlib.blake2b("\x1f".join(key).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -251,7 +254,7 @@ async def ingest(
     if len({_mailing(t) for t in items}) > 1:
         raise RuntimeError("transitions of several mailings must be recorded in a transaction")
     for _ in range(MAX_READS):
-        outcomes = await ingest_round(conn, items, now)
+        outcomes = await _round(conn, items, now, wait=True)
         unknown = [i for i, o in enumerate(outcomes) if isinstance(o, UnknownTenants)]
         if unknown:
             raise UnknownTenants(unknown)
@@ -284,20 +287,30 @@ async def ingest_round(
 ) -> list[Recorded | UnknownTenants | None]:
     """Independent transitions, outside a transaction: one read, one write, each mailing on
     its own. In order, one outcome per item: its verdict (final: written, or nothing to
-    write), UnknownTenants (nothing of it written), or None when another writer changed
-    its mailing between the read and the write (nothing of that mailing was written: judge
-    its transitions again, before any that came after them).
+    write), UnknownTenants (nothing of it written), or None when its mailing could not be
+    written: another writer changed it since the read, or holds its lock (never waited for
+    here); nothing of that mailing was written, so its transitions are to be judged again.
     """
     if conn.is_in_transaction():
         raise RuntimeError("ingest_round writes each mailing on its own: no transaction")
+    return await _round(conn, items, now, wait=False)
+
+
+async def _round(
+    conn: asyncpg.Connection, items: Sequence[Transition], now: datetime, *, wait: bool
+) -> list[Recorded | UnknownTenants | None]:
+    """`ingest_round`; ``wait``: for the mailings' locks (a transition alone) rather than
+    leave a busy mailing unwritten (a batch)."""
     tenants, states = await _read(conn, items)
     known = [i for i, t in enumerate(items) if t.tenant_id in tenants]
     results, batch = _judge([items[i] for i in known], states, now)
     written: set[MailingKey] = set()
     if batch.ids:
-        locks = sorted({_lock_key(items[i]) for i in known})
-        written = await _write(conn, batch, states, locks, now)
-    outcomes: list[Recorded | UnknownTenants | None] = [UnknownTenants([0]) for _ in items]
+        locks = sorted({_lock_key(items[i]) for i in known}) if wait else []
+        written = await _write(conn, batch, states, locks, now, try_locks=not wait)
+    outcomes: list[Recorded | UnknownTenants | None] = [
+        None if t.tenant_id in tenants else UnknownTenants([0]) for t in items
+    ]
     for i, result in zip(known, results, strict=True):
         key = _mailing(items[i])
         final = key in written or not states.get(key, _UNCHANGED).changed
@@ -311,10 +324,14 @@ async def _write(
     states: dict[MailingKey, _MailingState],
     locks: list[int],
     now: datetime,
+    *,
+    try_locks: bool = False,
 ) -> set[MailingKey]:
     """Events, mailings, fan-out and NOTIFY in one round trip; the mailings written (one
-    that changed since it was read is not, nor are its events)."""
+    that changed since it was read is not, nor are its events; with ``try_locks``, neither
+    is one whose lock another session holds)."""
     changed = [(k, s) for k, s in states.items() if s.changed]
+    tries = [_key_lock(k) for k, _ in changed] if try_locks else []
     await ensure_day(conn, now)
     row = await conn.fetchrow(
         q.WRITE_EVENTS,
@@ -334,6 +351,7 @@ async def _write(
         [s.event_id for _, s in changed],
         [s.read_id for _, s in changed],
         locks,
+        tries,
     )
     assert row is not None
     EVENTS_INGESTED.inc(row["events"])

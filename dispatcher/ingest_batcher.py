@@ -14,17 +14,19 @@ Decisions:
   mailing as the earlier ones left it: two reports of one mailing in one batch get the
   verdicts they would have got one after the other.
 - No transaction: a batch is one read and one write (`dispatcher.events.ingest_round`, the
-  same two statements as a transition alone), each mailing written on its own. A mailing
-  another writer changed in between is not written; its transitions go back to the head of
-  the queue, judged again in the next batch before anything that arrived after them (after
-  ``MAX_READS`` rounds: ConcurrentChange, as alone).
+  same two statements as a transition alone), each mailing written on its own, and a busy
+  mailing never holds up the others: its lock is tried, not waited for.
+- A mailing the batch could not write (another writer holds its lock, or changed it since
+  the read: nothing of it was written) leaves the batches: its transitions, and any of it
+  that arrive meanwhile, are ingested alone, one after the other in arrival order, waiting
+  for the lock as a transition alone does; other mailings go on in batches meanwhile.
 - Tenants and environments mix in a batch: the read covers every tenant and mailing named
   and each row is written under its own. A transition of an unknown tenant gets
   `UnknownTenants` (its own 422); the others are written without it.
-- A database error fails no neighbour: when a batch of several transitions fails, each is
-  ingested again alone, in arrival order, and gets its own answer or its own error, so one
-  poisoned transition cannot fail the others. The failed statement wrote nothing and
-  counted nothing; a retry never duplicates an event (had the statement committed after
+- A database error fails no neighbour: when a batch fails, its transitions are ingested
+  alone the same way (per mailing in arrival order), each getting its own answer or its
+  own error, so one poisoned transition cannot fail the others. The failed statement wrote
+  and counted nothing; a retry never duplicates an event (had the statement committed after
   all, its answer lost with the connection, the retry is answered Repeat and the original
   event).
 - Requests with an ``Idempotency-Key`` never come here: their stored answer shares their
@@ -34,7 +36,6 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -42,26 +43,23 @@ from datetime import datetime
 
 import asyncpg
 
-from dispatcher.events import (
-    MAX_READS,
-    ConcurrentChange,
-    Recorded,
-    Transition,
-    ingest,
-    ingest_round,
-)
+from dispatcher.events import MailingKey, Recorded, Transition, ingest, ingest_round
 
 MAX_BATCH = 1000
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Waiting:
     transition: Transition
     now: datetime
     answer: asyncio.Future[Recorded]
-    reads: int = 0  # rounds in which another writer changed its mailing first
+
+    @property
+    def mailing(self) -> MailingKey:
+        t = self.transition
+        return (t.tenant_id, t.environment, t.mailing_id)
 
 
 def _settle(waiting: _Waiting, outcome: Recorded | BaseException) -> None:
@@ -91,6 +89,9 @@ class IngestBatcher:
         self._on_batch = on_batch  # awaited with each batch, in order, before it is written
         self._queue: list[_Waiting] = []
         self._task: asyncio.Task[None] | None = None
+        # mailings taken out of the batches: their transitions, ingested alone in order
+        self._alone: dict[MailingKey, list[_Waiting]] = {}
+        self._alone_tasks: set[asyncio.Task[None]] = set()
         self._watchers: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
@@ -139,19 +140,19 @@ class IngestBatcher:
         self._watchers = still
 
     async def close(self) -> None:
-        """Wait for the batches in flight and queued (the app's shutdown, after its
-        requests were answered or are being answered)."""
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
+        """Wait for what is in flight and queued (the app's shutdown, after its requests
+        were answered or are being answered)."""
+        while self._task is not None or self._alone_tasks:
+            pending = [t for t in (self._task, *self._alone_tasks) if t is not None]
+            await asyncio.wait(pending)
 
     async def _drain(self) -> None:
         batch: list[_Waiting] = []
         try:
             while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._run(batch)
+                batch = self._take()
+                if batch:
+                    await self._run(batch)
                 batch = []
         except BaseException as exc:  # cancelled: nobody may wait for ever
             for waiting in [*batch, *self._queue]:
@@ -160,6 +161,21 @@ class IngestBatcher:
             raise
         finally:
             self._task = None
+
+    def _take(self) -> list[_Waiting]:
+        """The next batch; what belongs to a mailing ingested alone joins it instead."""
+        batch: list[_Waiting] = []
+        taken = 0
+        for waiting in self._queue:
+            if len(batch) == self._max_batch:
+                break
+            taken += 1
+            if waiting.mailing in self._alone:
+                self._detach(waiting)
+            else:
+                batch.append(waiting)
+        del self._queue[:taken]
+        return batch
 
     async def _run(self, batch: list[_Waiting]) -> None:
         if self._on_batch is not None:
@@ -178,21 +194,39 @@ class IngestBatcher:
                 extra={"transitions": len(batch), "error_class": type(exc).__name__},
             )
             for waiting in batch:
-                await self._alone(waiting)
+                self._detach(waiting)
             return
-        again = []
         for waiting, outcome in zip(batch, outcomes, strict=True):
-            if outcome is not None:
-                _settle(waiting, outcome)
-                continue
-            waiting.reads += 1
-            if waiting.reads < MAX_READS:
-                again.append(waiting)
+            if outcome is None:
+                self._detach(waiting)
             else:
-                _settle(waiting, ConcurrentChange("the mailing changed concurrently; retry"))
-        self._queue[:0] = again  # before whatever arrived after them
+                _settle(waiting, outcome)
 
-    async def _alone(self, waiting: _Waiting) -> None:
+    def _detach(self, waiting: _Waiting) -> None:
+        """Ingest it alone, after what its mailing already has to ingest alone."""
+        line = self._alone.get(waiting.mailing)
+        if line is not None:
+            line.append(waiting)
+            return
+        self._alone[waiting.mailing] = [waiting]
+        task = asyncio.get_running_loop().create_task(self._alone_line(waiting.mailing))
+        self._alone_tasks.add(task)
+        task.add_done_callback(self._alone_tasks.discard)
+
+    async def _alone_line(self, mailing: MailingKey) -> None:
+        line = self._alone[mailing]
+        try:
+            while line:
+                await self._ingest_alone(line[0])
+                line.pop(0)
+        except BaseException as exc:  # cancelled: nobody may wait for ever
+            for waiting in line:
+                _settle(waiting, exc)
+            raise
+        finally:
+            del self._alone[mailing]
+
+    async def _ingest_alone(self, waiting: _Waiting) -> None:
         try:
             async with self._pool.acquire() as conn:
                 (outcome,) = await ingest(conn, [waiting.transition], waiting.now)

@@ -193,40 +193,72 @@ async def test_batches_are_at_most_max_batch_and_queue_behind_the_one_in_flight(
     assert batcher.waiting == 0
 
 
-async def test_a_mailing_changed_meanwhile_is_judged_again_and_the_others_stand(
+async def test_a_busy_mailing_holds_up_no_other_and_is_judged_alone_when_free(
     pool: asyncpg.Pool, make_tenant: Any, clock: FakeClock
 ) -> None:
-    """Another writer (the outbox, in its transaction) changes ml_x between the batch's read
-    and its write: ml_y is written, ml_x is not, and its two transitions are judged again,
-    in order, against what the other writer left (here: refused)."""
+    """Another writer (the outbox, in its open transaction) holds ml_x: the batch writes
+    ml_y and answers it at once; ml_x's two transitions wait for the lock alone, in order,
+    and are judged against what the other writer committed (here: refused)."""
     tenant = (await make_tenant()).tenant_id
     gate = Gate(hold_first=False)
     batcher = IngestBatcher(pool, on_batch=gate)
     start = _ingested()
-    async with pool.acquire() as other, pool.acquire() as watcher:
+    async with pool.acquire() as other:
         tx = other.transaction()
         await tx.start()
         printed = Transition(tenant, "sandbox", "ml_x", MailingStatus.PRINTED)
         await record_transitions(other, [printed], clock.now())  # holds ml_x's lock
-        answers = [
+        x_created, y_created, x_paid = [
             batcher.submit(Transition(tenant, "sandbox", m, MailingStatus(s)), clock.now())
             for m, s in [("ml_x", "created"), ("ml_y", "created"), ("ml_x", "paid")]
         ]
         async with asyncio.timeout(10):
-            while not await watcher.fetchval(  # noqa: ASYNC110 - waiting on another session
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            ):
-                await asyncio.sleep(0.01)
+            assert (await y_created).verdict.word == "accepted", "not held up by ml_x"
+        assert not x_created.done() and not x_paid.done(), "ml_x waits for its lock"
         await tx.commit()
-        x_created, y_created, x_paid = await asyncio.gather(*answers)
-    assert gate.sizes() == [3, 2], "ml_x's two transitions went again, alone"
-    assert y_created.verdict.word == "accepted"
-    assert x_created.verdict.word == x_paid.verdict.word == "refused"
-    assert x_created.current_status == x_paid.current_status == MailingStatus.PRINTED
+        await asyncio.gather(x_created, x_paid)
+    assert gate.sizes() == [3], "ml_x went on alone, not in another batch"
+    assert x_created.result().verdict.word == x_paid.result().verdict.word == "refused"
+    assert x_created.result().current_status == MailingStatus.PRINTED
+    assert x_paid.result().current_status == MailingStatus.PRINTED
     async with pool.acquire() as conn:
         events = sorted(await conn.fetch("SELECT mailing_id, event_type FROM events"))
     assert [tuple(e) for e in events] == [("ml_x", "mailing.printed"), ("ml_y", "mailing.created")]
     assert _ingested() - start == 2
+
+
+async def test_arrivals_for_a_mailing_ingested_alone_join_its_line(
+    pool: asyncpg.Pool, make_tenant: Any, clock: FakeClock
+) -> None:
+    """While ml_x is held, later reports of ml_x never overtake the earlier ones in a batch:
+    they join its line and are judged after them, in arrival order."""
+    tenant = (await make_tenant()).tenant_id
+    gate = Gate(hold_first=False)
+    batcher = IngestBatcher(pool, on_batch=gate)
+    async with pool.acquire() as other:
+        tx = other.transaction()
+        await tx.start()
+        await record_transitions(
+            other, [Transition(tenant, "sandbox", "ml_x", MailingStatus.CREATED)], clock.now()
+        )
+
+        def report(mailing: str, status: str) -> asyncio.Future[Recorded]:
+            return batcher.submit(
+                Transition(tenant, "sandbox", mailing, MailingStatus(status)), clock.now()
+            )
+
+        first = report("ml_x", "paid")
+        await report("ml_y", "created")  # the first batch is done: ml_x is alone now
+        later = [report("ml_x", "printed"), report("ml_z", "created"), report("ml_x", "paid")]
+        await later[1]
+        assert not first.done() and not later[0].done() and not later[2].done()
+        await tx.commit()
+        await asyncio.gather(first, *later)
+    assert gate.sizes() == [2, 1], "ml_x's later reports went to its line, not to a batch"
+    words = [first.result().verdict.word, later[0].result().verdict.word]
+    assert words == ["accepted", "accepted"], "paid, then printed: in arrival order"
+    assert later[2].result().verdict.word == "refused"
+    assert later[2].result().current_status == MailingStatus.PRINTED
 
 
 async def test_a_request_that_goes_away_does_not_stop_the_others(

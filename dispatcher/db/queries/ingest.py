@@ -38,7 +38,10 @@ JOIN unnest($2::text[], $3::text[], $4::text[]) AS k (tenant_id, environment, ma
 # Events: $1 ids, $2 tenant_ids, $3 environments, $4 event_types, $5 mailing_ids,
 #   $6 occurred_ats, $7 bodies. $8 now (created_at, and when deliveries fall due).
 # Mailings: $9 tenant_ids, $10 environments, $11 mailing_ids, $12 statuses, $13 mail_types,
-#   $14 last event ids, $15 the last event ids read (NULL: none), $16 lock keys (bigint[]).
+#   $14 last event ids, $15 the last event ids read (NULL: none), $16 lock keys (bigint[]),
+#   $17 per mailing of $9.., a lock key to TRY instead (bigint[], or empty): a mailing whose
+#   lock another session holds is then not written, rather than waited for (group commit:
+#   one busy mailing must not hold up the others of its batch).
 # -> deliveries created, mailings written, the written mailings' (tenant_id, environment,
 #    mailing_id) when not all were, events written
 WRITE_EVENTS = (
@@ -50,10 +53,12 @@ WITH locked AS (
 mailings_now AS (
     INSERT INTO mailings (tenant_id, environment, mailing_id, status, mail_type, last_event_id, updated_at)
     SELECT t.tenant_id, t.environment, t.mailing_id, t.status, t.mail_type, t.event_id, $8
-    FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
-         AS t (tenant_id, environment, mailing_id, status, mail_type, event_id)
+    FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                $17::bigint[])
+         AS t (tenant_id, environment, mailing_id, status, mail_type, event_id, try_key)
     JOIN tenants tn ON tn.id = t.tenant_id AND tn.deleted_at IS NULL
     CROSS JOIN locked
+    WHERE t.try_key IS NULL OR pg_try_advisory_xact_lock(t.try_key)
     ON CONFLICT (tenant_id, environment, mailing_id) DO UPDATE SET
         status = EXCLUDED.status, mail_type = EXCLUDED.mail_type,
         last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
