@@ -8,6 +8,7 @@ statements a second, not one per attempt, and every worker's observations count.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,9 +16,12 @@ from typing import Any
 
 import asyncpg
 
+from dispatcher import metrics
 from dispatcher.db import queries as q
 from dispatcher.limiter import Feedback, LimiterConfig, LimiterState, feedback, next_limit
 from dispatcher.policy import Outcome
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,31 @@ def fold(
     """Apply samples in the order they ended; those just finished count as in flight."""
     busy = in_flight + len(samples)
     for s in sorted(samples, key=lambda s: s.ended_at):
+        before = state
         state = next_limit(state, s.signal, s.latency, s.ended_at, config, in_flight=busy)
+        if state.decreased_at != before.decreased_at:
+            _trace_cut(s, before, state)
     return state
+
+
+def _trace_cut(sample: Sample, before: LimiterState, after: LimiterState) -> None:
+    """The limiter's trace: every cut is counted by its signal, and logged at DEBUG with
+    what it saw (the way to tell a struggling receiver from a busy worker)."""
+    signal = "overload" if sample.signal == Feedback.OVERLOAD else "latency"
+    metrics.LIMIT_CUTS.labels(signal=signal).inc()
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "concurrency limit cut",
+            extra={
+                "endpoint_id": sample.endpoint_id,
+                "signal": signal,
+                "limit_before": round(before.limit, 2),
+                "limit_after": round(after.limit, 2),
+                "latency_ms": round(sample.latency * 1000, 2),
+                "recent_ms": None if after.recent is None else round(after.recent * 1000, 2),
+                "baseline_ms": None if after.baseline is None else round(after.baseline * 1000, 2),
+            },
+        )
 
 
 class LimiterBook:

@@ -30,6 +30,12 @@ CONTEXT_FIELDS = (
     "stage",
     "client",  # the client address of a refused API request, and the key prefix it tried
     "key_prefix",
+    "signal",  # the limiter's trace: what cut an endpoint's concurrency limit, and what it saw
+    "limit_before",
+    "limit_after",
+    "latency_ms",
+    "recent_ms",
+    "baseline_ms",
 )
 
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]*(:[^/\s@]*)?@")

@@ -56,5 +56,13 @@ RETENTION_LAST_RUN = Gauge(
     "webhook_retention_last_run_timestamp_seconds",
     "When this process last finished a retention round (Unix time; 0: not yet)",
 )
+LIMIT_CUTS = Counter(
+    "webhook_concurrency_limit_cuts",
+    "Cuts of an endpoint's adaptive concurrency limit, by the signal that cut it: overload "
+    "(timeouts, connection errors, 5xx, 429) or latency (its answers slowed down)",
+    ["signal"],
+)
 for _reason in ("concurrency", "rate"):
     ENDPOINTS_LIMITED.labels(reason=_reason)
+for _signal in ("overload", "latency"):
+    LIMIT_CUTS.labels(signal=_signal)

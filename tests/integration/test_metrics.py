@@ -299,6 +299,7 @@ BOUNDED = {
     "state": {"enabled", "disabled", "circuit_open"},
     "table": set(BOUNDED_TABLES),
     "reason": {"concurrency", "rate"},
+    "signal": {"overload", "latency"},  # what cut an endpoint's adaptive concurrency limit
 }
 
 
