@@ -175,6 +175,14 @@ async def claim(
     ]
 
 
+def walked_to(cursor: str, served: list[str]) -> str:
+    """Where the next claim's walk over endpoints starts: after the last endpoint this claim
+    served. A walk that wrapped went past `cursor` to the end, then on from the first id: it
+    ended at the largest served id not after `cursor`."""
+    wrapped = [e for e in served if e <= cursor]
+    return max(wrapped or served)
+
+
 def _endpoint_tallies(settled: list[Settlement]) -> tuple[list[str], list[bool], list[int]]:
     """Per endpoint: the failure streak as of its last attempt in the batch."""
     reset: dict[str, bool] = {}
@@ -375,4 +383,5 @@ __all__ = [
     "reap",
     "release",
     "settle",
+    "walked_to",
 ]

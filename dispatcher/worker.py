@@ -40,6 +40,7 @@ from dispatcher.queue import (
     reap,
     release,
     settle,
+    walked_to,
 )
 from dispatcher.settings import Settings
 from dispatcher.settler import Settler, SettleSettings
@@ -298,7 +299,7 @@ class Worker:
                     allowance=self._allowance(),
                 )
             if deliveries:  # the next claim's walk over endpoints starts after the last served
-                self._cursor = max(d.endpoint_id for d in deliveries)
+                self._cursor = walked_to(self._cursor, [d.endpoint_id for d in deliveries])
             return deliveries
         except DB_ERRORS as exc:
             log.warning("claim failed; will retry", extra={"error_class": type(exc).__name__})

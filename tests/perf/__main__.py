@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -349,7 +349,17 @@ class Bench:
         duplicates = len(got) - len({(n, e) for n, e, _ in got})
         return 3 * self.events / (max(times) - min(times)), duplicates, spent
 
-    async def latency(self, rate: int, tenant: str, seconds: float = 5) -> dict[str, float]:
+    async def latency(
+        self,
+        rate: int,
+        tenant: str,
+        seconds: float = 5,
+        *,
+        measured_from: float = 0.0,
+        alongside: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> dict[str, float]:
+        """Transitions at `rate`/s for `seconds`: latency of those sent from `measured_from`
+        seconds on; `alongside` runs from the start of the load (a probe of the engine)."""
         await self.reset()
         await self.start_workers()
         ticks = int(seconds * 100)
@@ -357,6 +367,8 @@ class Bench:
         sent_at: dict[str, float] = {}
         tasks = []
         t0 = time.perf_counter()
+        wall0 = time.time()
+        side = asyncio.create_task(alongside()) if alongside else None
 
         async def fire() -> None:
             sent, ids = await self.ingest_batch(tenant, per_tick)
@@ -369,6 +381,8 @@ class Bench:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(fire()))
         await asyncio.gather(*tasks)
+        if side is not None:
+            await side
         await self.wait_received(len(sent_at), limit=120)
         got = await self.arrivals()
         await self.stop_all_workers()
@@ -376,7 +390,8 @@ class Bench:
         for name, event_id, t in got:
             if name != "dead" and event_id in sent_at:
                 first[event_id] = min(t, first.get(event_id, t))
-        lat = [(first[e] - sent_at[e]) * 1000 for e in first]
+        counted = [e for e in first if sent_at[e] - wall0 >= measured_from]
+        lat = [(first[e] - sent_at[e]) * 1000 for e in counted]
         return {
             "p50_ms": quantile(lat, 0.5),
             "p99_ms": quantile(lat, 0.99),
@@ -772,12 +787,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--events", type=int, default=5000, help="events per throughput run")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
-    parser.add_argument(
-        "--rate-events",
-        type=int,
-        default=1000,
-        help="events to the rate-limited endpoint (50/s: 1000 take about 20 s)",
-    )
+    flow.add_arguments(parser)
     parser.add_argument(
         "--only",
         action="append",

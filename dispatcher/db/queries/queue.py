@@ -45,12 +45,13 @@ wrapped_endpoints (id, n) AS (
     FROM wrapped_endpoints w WHERE w.id IS NOT NULL AND w.n < $2
 ),
 visited AS (
-    SELECT id FROM pending_endpoints WHERE id IS NOT NULL
+    -- n: the place in the walk (after the cursor first, then from the start)
+    SELECT id, n FROM pending_endpoints WHERE id IS NOT NULL
     UNION ALL
-    SELECT id FROM wrapped_endpoints WHERE id IS NOT NULL
+    SELECT id, n + $2 FROM wrapped_endpoints WHERE id IS NOT NULL
 ),
 heads AS (
-    SELECT p.id, h.head, h.tenant_id
+    SELECT p.id, p.n, h.head, h.tenant_id
     FROM visited p
     CROSS JOIN LATERAL (SELECT d.next_attempt_at AS head, d.tenant_id FROM delivery_queue d
                         WHERE d.worker_id IS NULL AND d.endpoint_id = p.id
@@ -70,7 +71,10 @@ candidates AS (
       AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= $1)
       AND (e.rate_limit_per_second IS NULL OR s.rate_tat IS NULL
            OR s.rate_tat <= $1 + $14::bigint * interval '1 microsecond')
-    ORDER BY heads.head
+    -- in walk order: the next claim starts after the last endpoint served, so one left out
+    -- here would wait a whole lap over the endpoints (a due date would be no better a rank:
+    -- every head here is due)
+    ORDER BY heads.n
     LIMIT $3
 ),
 state AS (
