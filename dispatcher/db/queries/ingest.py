@@ -11,16 +11,24 @@ SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT unnest($1::bigint[]) AS k 
 
 # $1 tenant ids (distinct), $2 tenant_ids, $3 environments, $4 mailing_ids (parallel arrays)
 # -> a row per live tenant of $1 (mailing_id NULL), then a row per stored mailing: what ingest
-# judges the reported transitions against, in one round trip
+# judges the reported transitions against, in one round trip.
+# One primary-key lookup per reported mailing, whatever the statistics: the LATERAL ... LIMIT 1
+# is never flattened into a join, so a plan cached while `mailings` was small (a fresh or
+# emptied table: a process that starts before the load) cannot become a hash join over a
+# sequential scan of the whole table.
 READ_INGEST = """
 SELECT t.id AS tenant_id, NULL::text AS environment, NULL::text AS mailing_id,
        NULL::text AS status, NULL::text AS mail_type, NULL::text AS last_event_id
 FROM tenants t WHERE t.id = ANY($1::text[]) AND t.deleted_at IS NULL
 UNION ALL
 SELECT m.tenant_id, m.environment, m.mailing_id, m.status, m.mail_type, m.last_event_id
-FROM mailings m
-JOIN unnest($2::text[], $3::text[], $4::text[]) AS k (tenant_id, environment, mailing_id)
-  ON m.tenant_id = k.tenant_id AND m.environment = k.environment AND m.mailing_id = k.mailing_id
+FROM unnest($2::text[], $3::text[], $4::text[]) AS k (tenant_id, environment, mailing_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM mailings m
+    WHERE m.tenant_id = k.tenant_id AND m.environment = k.environment
+      AND m.mailing_id = k.mailing_id
+    LIMIT 1
+) m
 """
 
 # ---- writing accepted transitions -------------------------------------------------------
