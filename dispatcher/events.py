@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from dispatcher import ids
 from dispatcher.db import queries as q
@@ -349,7 +350,7 @@ async def _write(
         [s.status.value for _, s in changed],
         [s.mail_type.value for _, s in changed],
         [s.event_id for _, s in changed],
-        [s.read_id for _, s in changed],
+        orjson.dumps({"\x1f".join(k): s.read_id for k, s in changed}).decode(),
         locks,
         tries,
     )

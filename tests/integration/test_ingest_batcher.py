@@ -27,6 +27,7 @@ from api.routes.platform import BATCHER
 from dispatcher.clock import FakeClock
 from dispatcher.events import Recorded, Transition, UnknownTenants, ingest, record_transitions
 from dispatcher.ingest_batcher import IngestBatcher
+from dispatcher.partitions import ensure_day
 from dispatcher.transitions import FORWARD_ORDER, Accept, MailingStatus, MailType, decide
 from tests.conftest import PLATFORM_TOKEN, make_settings
 
@@ -204,6 +205,7 @@ async def test_a_busy_mailing_holds_up_no_other_and_is_judged_alone_when_free(
     batcher = IngestBatcher(pool, on_batch=gate)
     start = _ingested()
     async with pool.acquire() as other:
+        await ensure_day(other, clock.now())  # not inside the transaction the others wait for
         tx = other.transaction()
         await tx.start()
         printed = Transition(tenant, "sandbox", "ml_x", MailingStatus.PRINTED)
@@ -236,6 +238,7 @@ async def test_arrivals_for_a_mailing_ingested_alone_join_its_line(
     gate = Gate(hold_first=False)
     batcher = IngestBatcher(pool, on_batch=gate)
     async with pool.acquire() as other:
+        await ensure_day(other, clock.now())  # not inside the transaction the others wait for
         tx = other.transaction()
         await tx.start()
         await record_transitions(
@@ -455,13 +458,15 @@ async def test_a_database_error_fails_only_its_own_transition(
 
 
 async def test_coalesced_and_keyed_reports_of_one_mailing_lose_no_update(
-    client: Client, pool: asyncpg.Pool, make_tenant: Any
+    client: Client, pool: asyncpg.Pool, make_tenant: Any, clock: FakeClock
 ) -> None:
     """Reports without a key (coalesced, no transaction) race reports with an
     Idempotency-Key (their own transaction, mailing locked before the read) on one
     mailing: every 202 has its event, no event lacks one, and the accepted events form a
     chain the state machine allows, ending at the mailing's stored status."""
     tenant = (await make_tenant()).tenant_id
+    async with pool.acquire() as conn:
+        await ensure_day(conn, clock.now())  # the day's partitions, before the race
     statuses = [s for s in MailingStatus if s is not MailingStatus.RETURN_RECEIPT] * 3
     body = {"tenant_id": tenant, "environment": "sandbox"}
 

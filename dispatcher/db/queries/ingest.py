@@ -46,7 +46,10 @@ CROSS JOIN LATERAL (
 # Events: $1 ids, $2 tenant_ids, $3 environments, $4 event_types, $5 mailing_ids,
 #   $6 occurred_ats, $7 bodies. $8 now (created_at, and when deliveries fall due).
 # Mailings: $9 tenant_ids, $10 environments, $11 mailing_ids, $12 statuses, $13 mail_types,
-#   $14 last event ids, $15 the last event ids read (NULL: none), $16 lock keys (bigint[]),
+#   $14 last event ids, $15 the last event ids read, as a JSON object (text) keyed by
+#   tenant_id, environment and mailing_id joined by U+001F (null: none; a keyed lookup, where
+#   a scan of the arrays per updated mailing made a batch of updates quadratic),
+#   $16 lock keys (bigint[]),
 #   $17 per mailing of $9.., a lock key to TRY instead (bigint[], or empty): a mailing whose
 #   lock another session holds is then not written, rather than waited for (group commit:
 #   one busy mailing must not hold up the others of its batch).
@@ -70,12 +73,8 @@ mailings_now AS (
     ON CONFLICT (tenant_id, environment, mailing_id) DO UPDATE SET
         status = EXCLUDED.status, mail_type = EXCLUDED.mail_type,
         last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
-    WHERE mailings.last_event_id IS NOT DISTINCT FROM (
-        SELECT r.read_id
-        FROM unnest($9::text[], $10::text[], $11::text[], $15::text[])
-             AS r (tenant_id, environment, mailing_id, read_id)
-        WHERE r.tenant_id = mailings.tenant_id AND r.environment = mailings.environment
-          AND r.mailing_id = mailings.mailing_id)
+    WHERE mailings.last_event_id IS NOT DISTINCT FROM $15::text::jsonb ->> (
+        mailings.tenant_id || chr(31) || mailings.environment || chr(31) || mailings.mailing_id)
     RETURNING tenant_id, environment, mailing_id
 ),
 new_events AS (
