@@ -116,6 +116,7 @@ class Bench:
         self.procs: list[Proc] = []
         self.tenants: dict[str, str] = {}
         self.seq = 0
+        self.batch_sizes: dict[int, int] = {}  # batch number -> its transitions
 
     # ---- processes ------------------------------------------------------------------------
 
@@ -241,14 +242,21 @@ class Bench:
 
     # ---- load -----------------------------------------------------------------------------
 
-    async def ingest_batch(self, tenant: str, count: int) -> tuple[float, list[str]]:
-        self.seq += 1
+    async def ingest_batch(
+        self, tenant: str, count: int, status: str = "created", seq: int | None = None
+    ) -> tuple[float, list[str]]:
+        """`count` transitions to `status` in one request: new mailings, or those of batch
+        `seq` again."""
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        self.batch_sizes[seq] = count
         items = [
             {
-                "mailing_id": f"ml_{self.seq}_{i}",
+                "mailing_id": f"ml_{seq}_{i}",
                 "tenant_id": tenant,
                 "environment": "sandbox",
-                "status": "created",
+                "status": status,
             }
             for i in range(count)
         ]
@@ -445,9 +453,11 @@ class Bench:
     async def ingest_rates(self) -> dict[str, float]:
         await self.reset()
         tenant = self.tenants["ingest"]
+        first = self.seq + 1
         start = time.perf_counter()
         await self.ingest(tenant, self.events * 2, parallel=2)
         batch = self.events * 2 / (time.perf_counter() - start)
+        updates = await self.update_batches(tenant, range(first, self.seq + 1), "paid")
         single_n = max(1000, self.events // 2)
         counter = iter(range(single_n))
         self.seq += 1
@@ -460,7 +470,22 @@ class Bench:
         start = time.perf_counter()
         await asyncio.gather(*(lane() for _ in range(32)))
         single = single_n / (time.perf_counter() - start)
-        return {"batch_per_s": batch, "single_per_s": single}
+        return {"batch_per_s": batch, "batch_updates_per_s": updates, "single_per_s": single}
+
+    async def update_batches(self, tenant: str, batches: range, status: str) -> float:
+        """The mailings of these batches move on to `status`, batch by batch, two requests at
+        a time (what the platform mostly sends: changes of known mailings); per second."""
+        pending = list(batches)
+        total = sum(self.batch_sizes[b] for b in pending)
+
+        async def lane() -> None:
+            while pending:
+                seq = pending.pop()
+                await self.ingest_batch(tenant, self.batch_sizes[seq], status, seq)
+
+        start = time.perf_counter()
+        await asyncio.gather(lane(), lane())
+        return total / (time.perf_counter() - start)
 
     async def single_ingest_latency(self, rate: int, seconds: float = 3) -> dict[str, float]:
         """Single transitions sent at a fixed rate (open loop, 10 ms ticks): request times."""
@@ -640,6 +665,13 @@ async def measure(bench: Bench, args: argparse.Namespace, figures: dict[str, Any
             [x["batch_per_s"] for x in ing],
             "transitions/s",
             ">= 10000",
+            c,
+        )
+        put(
+            "ingest, batch API, status updates",
+            [x["batch_updates_per_s"] for x in ing],
+            "transitions/s",
+            "",
             c,
         )
         put(

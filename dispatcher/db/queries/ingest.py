@@ -48,7 +48,8 @@ CROSS JOIN LATERAL (
 # Mailings: $9 tenant_ids, $10 environments, $11 mailing_ids, $12 statuses, $13 mail_types,
 #   $14 last event ids, $15 the last event ids read, as a JSON object (text) keyed by
 #   tenant_id, environment and mailing_id joined by U+001F (null: none; a keyed lookup, where
-#   a scan of the arrays per updated mailing made a batch of updates quadratic),
+#   a scan of the arrays per updated mailing made a batch of updates quadratic; parsed once,
+#   in a sub-select, since a cached generic plan would cast the parameter again per row),
 #   $16 lock keys (bigint[]),
 #   $17 per mailing of $9.., a lock key to TRY instead (bigint[], or empty): a mailing whose
 #   lock another session holds is then not written, rather than waited for (group commit:
@@ -73,7 +74,7 @@ mailings_now AS (
     ON CONFLICT (tenant_id, environment, mailing_id) DO UPDATE SET
         status = EXCLUDED.status, mail_type = EXCLUDED.mail_type,
         last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
-    WHERE mailings.last_event_id IS NOT DISTINCT FROM $15::text::jsonb ->> (
+    WHERE mailings.last_event_id IS NOT DISTINCT FROM (SELECT $15::text::jsonb) ->> (
         mailings.tenant_id || chr(31) || mailings.environment || chr(31) || mailings.mailing_id)
     RETURNING tenant_id, environment, mailing_id
 ),
