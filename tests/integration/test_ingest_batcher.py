@@ -26,7 +26,7 @@ from api.app import create_app
 from api.routes.platform import BATCHER
 from dispatcher.clock import FakeClock
 from dispatcher.events import Recorded, Transition, UnknownTenants, ingest, record_transitions
-from dispatcher.ingest_batcher import IngestBatcher
+from dispatcher.ingest_batcher import MAX_BATCH, IngestBatcher
 from dispatcher.partitions import ensure_day
 from dispatcher.transitions import FORWARD_ORDER, Accept, MailingStatus, MailType, decide
 from tests.conftest import PLATFORM_TOKEN, make_settings
@@ -192,6 +192,21 @@ async def test_batches_are_at_most_max_batch_and_queue_behind_the_one_in_flight(
     assert gate.sizes() == [1, 50, 50, 20]
     assert {d.verdict.word for d in done} == {"accepted"}
     assert batcher.waiting == 0
+
+
+async def test_the_default_batch_is_at_most_1000_like_the_batch_api(
+    pool: asyncpg.Pool, make_tenant: Any, clock: FakeClock
+) -> None:
+    tenant = (await make_tenant()).tenant_id
+    gate = Gate(hold_first=False)
+    batcher = IngestBatcher(pool, on_batch=gate)
+    answers = [
+        batcher.submit(Transition(tenant, "sandbox", f"ml_{i}", MailingStatus.CREATED), clock.now())
+        for i in range(1001)
+    ]
+    done = await asyncio.gather(*answers)
+    assert gate.sizes() == [1000, 1] and MAX_BATCH == 1000
+    assert {d.verdict.word for d in done} == {"accepted"}
 
 
 async def test_a_busy_mailing_holds_up_no_other_and_is_judged_alone_when_free(
