@@ -247,6 +247,12 @@ WHERE s.endpoint_id = u.id
 # endpoints' slots freed; per endpoint, how many
 REAP = "SELECT endpoint_id, n FROM dispatcher_reap($1, $2)"
 
+# -> dead row versions in the hot queue, as the statistics last counted them
+QUEUE_DEAD_ROWS = """
+SELECT COALESCE((SELECT n_dead_tup FROM pg_stat_user_tables
+                 WHERE relid = 'delivery_queue'::regclass), 0)
+"""
+
 # $1 now, $2 oldest window start still alive, $3 limit -> pending deliveries past their max
 # age become dead letters, whatever their endpoint's state (circuit open, at its cap,
 # disabled), counted in the tenant's usage; -> how many
