@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from dispatcher.events import Transition, record_transitions
+from dispatcher.settings import Settings
 from dispatcher.transitions import MailingStatus
 from tests.e2e.conftest import add_endpoint, wait_until
 
@@ -56,10 +57,15 @@ async def _listening(pool: asyncpg.Pool) -> bool:
 async def test_sigterm_finishes_the_delivery_in_flight_and_exits_cleanly(
     pool: asyncpg.Pool, make_tenant: Any, receiver: Any, start_process: Any
 ) -> None:
+    """At the default shutdown grace (10 s): an attempt answered within it is finished and
+    settled, not handed back (tests/faults/test_sigterm_under_load.py shortens the grace to
+    see the attempts that outlast it cancelled and handed back)."""
+    delay = 1.5
+    assert delay < Settings().shutdown_grace_seconds
     tenant = await make_tenant()
-    receiver.script("/slow", 200, delay=1.5)
+    receiver.script("/slow", 200, delay=delay)
     await add_endpoint(pool, tenant.tenant_id, receiver.url("/slow"), datetime.now(UTC))
-    worker = start_process("worker", shutdown_grace_seconds=20)
+    worker = start_process("worker")
     await wait_until(lambda: _listening(pool))
     await _emit(pool, tenant.tenant_id, 1)
     await receiver.wait_for(1)
