@@ -124,6 +124,18 @@ async def portal_session(request: web.Request, cookie: str) -> portal_sessions.P
     return found
 
 
+async def portal_signed_in(
+    request: web.Request, missing: str
+) -> tuple[portal_sessions.PortalSession, str]:
+    """The portal pages' own check: throttled, a cookie (else 401 with `missing`), a live
+    session for it; returns the session and the cookie (for the CSRF check)."""
+    check_throttle(request)
+    cookie = portal_cookie(request)
+    if cookie is None:
+        raise refused(request, missing)
+    return await portal_session(request, cookie), cookie
+
+
 def check_csrf(request: web.Request, cookie: str) -> None:
     if request.method in _SAFE_METHODS:
         return

@@ -193,11 +193,8 @@ async def exchange_token(request: web.Request) -> web.Response:
     description="Authenticated by the portal cookie: who the page acts for and its CSRF token.",
 )
 async def session_info(request: web.Request) -> web.Response:
-    auth.check_throttle(request)
-    cookie = auth.portal_cookie(request)
-    if cookie is None:
-        raise auth.refused(request, "no portal session; open a portal link")
-    return _info(request, await auth.portal_session(request, cookie), cookie)
+    session, cookie = await auth.portal_signed_in(request, "no portal session; open a portal link")
+    return _info(request, session, cookie)
 
 
 @routes.delete("/portal/session")
@@ -210,11 +207,7 @@ async def session_info(request: web.Request) -> web.Response:
     description="Revokes this browser's portal session (X-CSRF-Token required).",
 )
 async def sign_out(request: web.Request) -> web.Response:
-    auth.check_throttle(request)
-    cookie = auth.portal_cookie(request)
-    if cookie is None:
-        raise auth.refused(request, "no portal session")
-    session = await auth.portal_session(request, cookie)
+    session, cookie = await auth.portal_signed_in(request, "no portal session")
     auth.check_csrf(request, cookie)
     async with pool(request).acquire() as conn:
         await portal_sessions.revoke(conn, session.id, clock(request).now())
