@@ -11,27 +11,30 @@ SELECT EXISTS (SELECT 1 FROM delivery_queue
 
 # ---- retention ------------------------------------------------------------------------------
 
+
+def _lock_key(name: str) -> str:
+    """An advisory lock's key, named once: 'retention' (one process applies retention at a
+    time) and 'requeue' (see below)."""
+    return f"hashtextextended('dispatcher.{name}', 0)"
+
+
 # -> true when this transaction now holds the retention lock; false while another process
 # applies retention (it is released at commit, so a crashed run never blocks the next one)
-TRY_RETENTION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended('dispatcher.retention', 0))"
+TRY_RETENTION_LOCK = f"SELECT pg_try_advisory_xact_lock({_lock_key('retention')})"
 
 # Taken shared (for the transaction) by whatever puts an existing event back in the queue
-# (replay, retry): retention takes it exclusively while it checks that nothing pending needs a
-# partition and drops it, so a replay never re-queues a delivery whose event is being removed.
-LOCK_REQUEUE_SHARED = (
-    "SELECT pg_advisory_xact_lock_shared(hashtextextended('dispatcher.requeue', 0))"
-)
-LOCK_REQUEUE_EXCLUSIVE = "SELECT pg_advisory_xact_lock(hashtextextended('dispatcher.requeue', 0))"
+# (replay, retry): retention holds it exclusively while it checks that nothing pending needs a
+# partition, detaches and drops it, so a replay never re-queues a delivery whose event is being
+# removed.
+LOCK_REQUEUE_SHARED = f"SELECT pg_advisory_xact_lock_shared({_lock_key('requeue')})"
 
 # The same two locks held by a session, across the statements that cannot run in a
 # transaction block (DETACH PARTITION ... CONCURRENTLY): released explicitly, and at the
 # latest when the session ends
-TRY_RETENTION_SESSION_LOCK = (
-    "SELECT pg_try_advisory_lock(hashtextextended('dispatcher.retention', 0))"
-)
-UNLOCK_RETENTION_SESSION = "SELECT pg_advisory_unlock(hashtextextended('dispatcher.retention', 0))"
-LOCK_REQUEUE_SESSION = "SELECT pg_advisory_lock(hashtextextended('dispatcher.requeue', 0))"
-UNLOCK_REQUEUE_SESSION = "SELECT pg_advisory_unlock(hashtextextended('dispatcher.requeue', 0))"
+TRY_RETENTION_SESSION_LOCK = f"SELECT pg_try_advisory_lock({_lock_key('retention')})"
+UNLOCK_RETENTION_SESSION = f"SELECT pg_advisory_unlock({_lock_key('retention')})"
+LOCK_REQUEUE_SESSION = f"SELECT pg_advisory_lock({_lock_key('requeue')})"
+UNLOCK_REQUEUE_SESSION = f"SELECT pg_advisory_unlock({_lock_key('requeue')})"
 
 # $1 names of range-partitioned parents (resolved on the search_path; unknown names are
 # skipped) -> each one's partitions: bound as PostgreSQL prints it, planner row estimate (-1
