@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -66,6 +69,32 @@ def _no_durability(url: str) -> None:
             await conn.close()
 
     asyncio.run(apply())
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(database_url: str, prefix: str) -> AsyncIterator[str]:
+    """A new empty database on the session's server, dropped afterwards: its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    finally:
+        admin = await asyncpg.connect(database_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def scratch_url(database_url: str) -> AsyncIterator[str]:
+    """A new empty database on the session's server, dropped afterwards."""
+    async with scratch_database(database_url, "scratch") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,11 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -35,7 +33,7 @@ from dispatcher.ids import ApiKeyId, TenantId
 from dispatcher.models import Environment, Principal
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
-from tests.conftest import ENCRYPTION_KEY
+from tests.conftest import ENCRYPTION_KEY, scratch_database
 from tests.tooling import free_port, in_ci, require_tool
 
 PLATFORM_TOKEN = "portal-e2e-platform-token-0123456789abcdef"
@@ -71,22 +69,17 @@ async def portal_database(
     session database before each test: sharing it let a TRUNCATE pull rows from under the
     server's worker (duplicate deliveries, deadlocks in its log). Here nothing else writes.
     """
-    name = f"portal_{uuid.uuid4().hex[:12]}"
-    async with migrated_pool.acquire() as conn:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    pool = await create_pool(url, min_size=1, max_size=5)
-    try:
-        yield PortalDatabase(url, pool)
-    finally:
-        await pool.close()
-        async with migrated_pool.acquire() as conn:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with scratch_database(database_url, "portal") as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        pool = await create_pool(url, min_size=1, max_size=5)
+        try:
+            yield PortalDatabase(url, pool)
+        finally:
+            await pool.close()
 
 
 @pytest.fixture(name="pool")

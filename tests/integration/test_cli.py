@@ -7,15 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from run.cli import main
-from tests.conftest import ENCRYPTION_KEY
+from tests.conftest import ENCRYPTION_KEY, scratch_database
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -77,14 +75,8 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(
 
 @pytest.fixture
 async def empty_database_url(database_url: str) -> Any:
-    name = f"empty_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
+    async with scratch_database(database_url, "empty") as url:
+        yield url
 
 
 def test_serve_refuses_an_unmigrated_database(empty_database_url: str) -> None:

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from dispatcher.db.migrate import ensure_migrated, load_migrations, migrate, migrations_dir
 from dispatcher.errors import DatabaseNotMigrated, MigrationError
-
-
-@pytest.fixture
-async def scratch_url(database_url: str) -> AsyncIterator[str]:
-    """A new empty database on the session's server, dropped afterwards."""
-    name = f"scratch_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 async def test_fresh_database_is_refused_then_migrated(scratch_url: str) -> None:

@@ -5,14 +5,10 @@ and the upgraded queue is claimable at once."""
 from __future__ import annotations
 
 import shutil
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pytest
 
 from dispatcher import sealing
 from dispatcher.db.migrate import migrate, migrations_dir
@@ -21,18 +17,6 @@ from dispatcher.store.secrets import reseal_legacy
 
 T0 = datetime(2026, 5, 9, 10, 0, tzinfo=UTC)  # two days before the fake clock's default
 T1 = datetime(2026, 5, 10, 23, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-async def scratch_url(database_url: str) -> AsyncIterator[str]:
-    name = f"upgrade_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 FILL_003 = """
