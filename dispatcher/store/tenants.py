@@ -192,3 +192,10 @@ async def usage(
         )
         for r in await conn.fetch(q.USAGE, tenant_id, first, last)
     ]
+
+
+async def fold_usage(conn: asyncpg.Connection, today: date) -> int:
+    """Fold the per-session counter rows of days before ``today`` into one row per tenant,
+    day and environment (housekeeping keeps the table small); the rows folded."""
+    folded: int = await conn.fetchval(q.FOLD_USAGE, today)
+    return folded

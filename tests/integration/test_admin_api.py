@@ -440,7 +440,8 @@ async def test_usage_range_is_checked(client: Client, query: str) -> None:
 
 
 async def test_usage_reads_its_counters_by_key_not_the_history(pool: asyncpg.Pool) -> None:
-    """However long the history, a usage request reads at most days x 2 x 8 counter rows."""
+    """However long the history, a usage request reads counter rows by key (a closed day's are
+    folded into one per environment)."""
     async with pool.acquire() as conn:
         await conn.execute("SET enable_seqscan = off")
         plan = await conn.fetch(

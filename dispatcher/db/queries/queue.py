@@ -1,6 +1,6 @@
 """The delivery queue: claim, settle, release, reap, expire; worker liveness."""
 
-from dispatcher.db.queries.usage import USAGE_SETTLED_CTE, USAGE_SHARDS
+from dispatcher.db.queries.usage import USAGE_SETTLED_CTE
 
 # ---- the delivery queue -------------------------------------------------------------------
 # Lock order (docs/architecture.md): endpoint_state rows in endpoint id order, then queue rows
@@ -256,7 +256,7 @@ SELECT COALESCE((SELECT n_dead_tup FROM pg_stat_user_tables
 # $1 now, $2 oldest window start still alive, $3 limit -> pending deliveries past their max
 # age become dead letters, whatever their endpoint's state (circuit open, at its cap,
 # disabled), counted in the tenant's usage; -> how many
-EXPIRE_PENDING = f"""
+EXPIRE_PENDING = """
 WITH expired AS (
     DELETE FROM delivery_queue q
     WHERE q.id = ANY (ARRAY(
@@ -282,7 +282,7 @@ usage_dead AS (
     INSERT INTO usage_daily AS u (tenant_id, environment, day, shard, deliveries_succeeded,
                                   failed_attempts, dead_letters)
     SELECT tenant_id, environment, ($1::timestamptz AT TIME ZONE 'UTC')::date,
-           pg_backend_pid() % {USAGE_SHARDS}, 0, 0, dead
+           pg_backend_pid(), 0, 0, dead
     FROM per_tenant ORDER BY 1, 2
     ON CONFLICT (tenant_id, day, environment, shard)
     DO UPDATE SET dead_letters = u.dead_letters + EXCLUDED.dead_letters
