@@ -3,8 +3,13 @@
 Convention (the retention job relies on it): a partition of ``<parent>`` is named
 ``<parent>_pYYYYMMDD`` and covers [that day 00:00 UTC, the next day 00:00 UTC); there is no
 DEFAULT partition, so a row whose day has no partition is refused, never misfiled. The SQL
-function ``dispatcher_ensure_partition`` (migration 004) creates one, idempotently, without
-blocking writers of the parent (created standalone, then attached).
+function ``dispatcher_ensure_partition`` (migrations 004, 011) creates one, idempotently, without
+blocking writers of the parent (created standalone, then attached); several processes may call
+it for the same day at once.
+
+A day is remembered (no query for it again in this process) only once its partitions are
+known to be committed: a partition made inside a caller's transaction that rolls back must be
+made again by the next write of its day.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
+
+from dispatcher.db import queries as q
 
 # parent table -> its partition key column: the one place that names them
 _PARTITIONED = {
@@ -21,8 +28,6 @@ _PARTITIONED = {
 }
 
 DAYS_AHEAD = 3
-
-ENSURE_PARTITION = "SELECT dispatcher_ensure_partition($1, $2)"
 
 # days known to have every partition, per database (retention only drops old days)
 _known: dict[tuple[str, str], set[date]] = {}
@@ -53,14 +58,14 @@ async def ensure_partitions(
     """Create the missing daily partitions of every history table from the day before `now`
     to `days_ahead` days after it; returns the names created. Idempotent."""
     today = _utc_day(now)
+    days = [today + timedelta(days=offset) for offset in range(-1, days_ahead + 1)]
     created: list[str] = []
-    known = _known.setdefault(_database(conn), set())
-    for offset in range(-1, days_ahead + 1):
-        day = today + timedelta(days=offset)
+    for day in days:
         for table in _PARTITIONED:
-            if await conn.fetchval(ENSURE_PARTITION, table, day):
+            if await conn.fetchval(q.ENSURE_PARTITION, table, day):
                 created.append(partition_name(table, day))
-        known.add(day)
+    if await _committed(conn):
+        _known.setdefault(_database(conn), set()).update(days)
     return created
 
 
@@ -72,8 +77,18 @@ async def ensure_day(conn: asyncpg.Connection, moment: datetime) -> None:
     if day in known:
         return
     for table in _PARTITIONED:
-        await conn.fetchval(ENSURE_PARTITION, table, day)
-    known.add(day)
+        await conn.fetchval(q.ENSURE_PARTITION, table, day)
+    if await _committed(conn):
+        known.add(day)
+
+
+async def _committed(conn: asyncpg.Connection) -> bool:
+    """Whether every partition `conn` now sees is committed. Outside a transaction, yes (each
+    call committed on its own). Inside one, only if the transaction created none: one it
+    created may still roll back, and a later call in it answers "exists" for that one too."""
+    if not conn.is_in_transaction():
+        return True
+    return not await conn.fetchval(q.HOLDS_PARTITION_LOCK)
 
 
 def forget() -> None:

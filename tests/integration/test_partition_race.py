@@ -1,5 +1,6 @@
 """The first rows of a new UTC day, written by several processes at once: each one's partition
-call succeeds (the losers answer "not created").
+call succeeds (the losers answer "not created"), and a partition made inside a transaction that
+rolls back is made again by the next write of its day.
 
 Every wait on a lock is bounded (asyncio.timeout, and lock_timeout on the server), and every
 transaction a test opens is ended in `finally`, so a failure never hangs the suite.
@@ -16,8 +17,9 @@ import asyncpg
 import pytest
 
 from dispatcher import partitions
-from dispatcher.events import Transition, record_transition
-from dispatcher.partitions import partition_name, partitioned_tables
+from dispatcher.clock import FakeClock
+from dispatcher.events import Transition, ingest, record_transition
+from dispatcher.partitions import ensure_day, partition_name, partitioned_tables
 from dispatcher.transitions import Accept, MailingStatus
 
 ENSURE = "SELECT dispatcher_ensure_partition($1, $2)"
@@ -175,3 +177,100 @@ async def test_first_writes_of_a_new_day_from_many_connections_all_succeed(
         assert await conn.fetchval("SELECT count(*) FROM events") == 8
         for table in partitioned_tables():
             assert await _attached(conn, table, day) == 1
+
+
+async def test_a_day_made_in_a_rolled_back_transaction_is_made_again(
+    pool: asyncpg.Pool, make_tenant: Any, days: list[date]
+) -> None:
+    """The platform records a transition of a new day in its own transaction, which rolls
+    back (taking that day's new partitions with it): the next write of that day, on another
+    connection of the same process, is still recorded."""
+    day = date(2091, 6, 1)
+    days.append(day)
+    clock = FakeClock(datetime(day.year, day.month, day.day, 9, tzinfo=UTC))
+    tenant = await make_tenant()
+    first = Transition(tenant.tenant_id, "sandbox", "ml_1", MailingStatus.PRINTED)
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            async with asyncio.timeout(WAIT):
+                await record_transition(conn, first, clock.now())
+        finally:
+            await tx.rollback()  # the platform's own write failed
+        assert await conn.fetchval("SELECT to_regclass($1)", partition_name("events", day)) is None
+    clock.advance(60)
+    async with pool.acquire() as other:
+        async with asyncio.timeout(WAIT):
+            (result,) = await ingest(other, [first], clock.now())
+        assert isinstance(result.verdict, Accept)
+        assert await other.fetchval("SELECT count(*) FROM events") == 1
+
+
+async def test_a_day_committed_by_another_is_remembered_inside_a_transaction(
+    pool: asyncpg.Pool, days: list[date]
+) -> None:
+    """Writes inside transactions (the outbox, settling) do not query for a day whose
+    partitions someone else committed, once they have seen them; a day their own transaction
+    made is looked at again until it is known to be committed."""
+    made_elsewhere, made_here = date(2091, 7, 1), date(2091, 7, 2)
+    days.extend([made_elsewhere, made_here])
+    queries: list[str] = []
+
+    def log(record: Any) -> None:
+        queries.append(record.query)
+
+    async def queried(moment: datetime) -> int:
+        """How many queries `ensure_day` sent for `moment`."""
+        before = len(queries)
+        async with asyncio.timeout(WAIT):
+            await ensure_day(conn, moment)
+        return len(queries) - before
+
+    async with pool.acquire() as conn:
+        await partitions.ensure_partitions(conn, _noon(made_elsewhere), days_ahead=0)
+        partitions.forget()  # another process made them; this one has not seen them yet
+        conn.add_query_logger(log)
+        try:
+            async with conn.transaction():
+                assert await queried(_noon(made_elsewhere)) > 0
+                assert await queried(_noon(made_elsewhere)) == 0, "remembered after one look"
+                assert await queried(_noon(made_here)) > 0  # created, not committed yet
+                assert await queried(_noon(made_here)) > 0, "its creation may still roll back"
+            async with conn.transaction():
+                assert await queried(_noon(made_here)) > 0  # committed now: remembered
+                assert await queried(_noon(made_here)) == 0
+        finally:
+            conn.remove_query_logger(log)
+
+
+def _noon(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+
+
+async def test_days_made_ahead_in_a_rolled_back_transaction_are_made_again(
+    pool: asyncpg.Pool, days: list[date]
+) -> None:
+    """The same for the days made ahead (`ensure_partitions`): a rolled-back run leaves
+    nothing remembered, so a write of one of those days still finds its partition."""
+    day = date(2091, 8, 1)
+    days.extend(day.replace(day=d) for d in range(1, 4))  # the day before to the day after
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            async with asyncio.timeout(WAIT):
+                made = await partitions.ensure_partitions(conn, _noon(day.replace(day=2)), 1)
+            assert partition_name("events", day) in made
+        finally:
+            await tx.rollback()
+    async with pool.acquire() as other:
+        async with asyncio.timeout(WAIT):
+            await ensure_day(other, _noon(day))
+            await other.execute(
+                """INSERT INTO events (id, tenant_id, environment, event_type, mailing_id,
+                                       occurred_at, created_at, body)
+                   VALUES ('evt_ahead', 't', 'sandbox', 'mailing.created', 'ml', $1, $1, '')""",
+                _noon(day),
+            )
+        assert await _attached(other, "events", day) == 1

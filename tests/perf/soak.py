@@ -43,6 +43,7 @@ from aiohttp import web
 
 from dispatcher import partitions, sealing
 from dispatcher.clock import FakeClock
+from dispatcher.db import queries as q
 from dispatcher.db.embedded import embedded_postgres
 from dispatcher.db.migrate import migrate
 from dispatcher.db.pool import create_pool
@@ -465,7 +466,7 @@ async def fill_history(
     body = b'{"data":{"mailing_id":"ml_h","status":"created"},"event_type":"mailing.created"}'
     for start, rows in plan:
         for table in partitions.partitioned_tables():
-            await conn.fetchval(partitions.ENSURE_PARTITION, table, start.date())
+            await conn.fetchval(q.ENSURE_PARTITION, table, start.date())
         label = f"{start:%Y%m%d}"
         await conn.execute(EVENTS_OF_DAY, tenant, label, start, max(1, rows // 3), body)
         await conn.execute(OUTCOMES_OF_DAY, label, start, rows, next_id, shape.endpoints)

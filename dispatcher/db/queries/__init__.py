@@ -10,6 +10,7 @@ from dispatcher.db.queries.gauges import *  # noqa: F403
 from dispatcher.db.queries.history import *  # noqa: F403
 from dispatcher.db.queries.idempotency import *  # noqa: F403
 from dispatcher.db.queries.ingest import *  # noqa: F403
+from dispatcher.db.queries.partitions import *  # noqa: F403
 from dispatcher.db.queries.queue import *  # noqa: F403
 from dispatcher.db.queries.retention import *  # noqa: F403
 from dispatcher.db.queries.tenants import *  # noqa: F403
