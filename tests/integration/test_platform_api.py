@@ -23,6 +23,7 @@ from dispatcher.clock import FakeClock
 from dispatcher.db import queries
 from dispatcher.events import Transition, record_transitions
 from dispatcher.models import Environment, Principal
+from dispatcher.partitions import ensure_day
 from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.transitions import FORWARD_ORDER, Accept, MailingStatus, MailType, decide
@@ -657,7 +658,8 @@ async def _statements_of(
     database_url: str, clock: FakeClock, requests: list[tuple[str, Any, dict[str, str]]]
 ) -> list[str]:
     """The app's own statements for these requests, in order, and any BEGIN or COMMIT
-    (not asyncpg's type introspection, nor the pool's RESET on release)."""
+    (not asyncpg's type introspection, nor the pool's RESET on release), once the day's
+    partitions are known (a process makes sure of them once a day, not once a write)."""
     statements: list[str] = []
 
     async def log_queries(conn: asyncpg.Connection) -> None:
@@ -665,6 +667,9 @@ async def _statements_of(
 
     counting = await asyncpg.create_pool(database_url, min_size=1, max_size=1, init=log_queries)
     try:
+        async with counting.acquire() as conn:
+            await ensure_day(conn, clock.now())
+        statements.clear()
         async with TestClient(TestServer(create_app(make_settings(), counting, clock))) as api:
             for path, body, headers in requests:
                 response = await api.post(path, json=body, headers={**AUTH, **headers})
