@@ -16,7 +16,7 @@ from aiohttp import web
 from api.app import create_app
 from dispatcher import sealing
 from dispatcher.db.migrate import ensure_migrated, migrate
-from dispatcher.db.pool import database_url, open_pool
+from dispatcher.db.pool import database_url, open_delivery_pool, open_pool
 from dispatcher.gauges import refresh_gauges_forever
 from dispatcher.http_server import api_runner
 from dispatcher.listener import Listener
@@ -105,7 +105,8 @@ async def serve(settings: Settings, *, api: bool, worker: bool, migrate_first: b
             services: dict[str, Any] = {}  # the app keeps its own client for test sends
             worker_task = None
             if worker:
-                runner = Worker(pool, session, WorkerConfig.from_settings(settings))
+                delivery_pool = await stack.enter_async_context(open_delivery_pool(url, settings))
+                runner = Worker(delivery_pool, session, WorkerConfig.from_settings(settings))
                 listener = Listener(url, runner.wake)
                 for coro, name in (
                     (listener.run(), "listener"),

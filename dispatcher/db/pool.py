@@ -37,7 +37,11 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     transaction-level or released explicitly)."""
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, durable_commits: bool = True
+) -> asyncpg.Pool:
+    """``durable_commits=False``: each commit returns before its WAL reaches the disk
+    (``synchronous_commit = off``; see `open_delivery_pool` for who may use it)."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
@@ -45,6 +49,7 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
         init=_init_connection,
         reset=_no_reset,
         command_timeout=60,
+        server_settings={} if durable_commits else {"synchronous_commit": "off"},
     )
     return pool
 
@@ -60,11 +65,34 @@ def database_url(settings: Settings) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def open_pool(url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+async def open_pool(
+    url: str, settings: Settings, *, durable_commits: bool = True
+) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(
-        url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
+        url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        durable_commits=durable_commits,
     )
     try:
         yield pool
     finally:
         await pool.close()
+
+
+def open_delivery_pool(
+    url: str, settings: Settings
+) -> contextlib.AbstractAsyncContextManager[asyncpg.Pool]:
+    """The delivery loop's own connections, whose commits do not wait for the disk.
+
+    Claims and settles are most of the worker's commits, and waiting for each one's WAL
+    flush (a few milliseconds on an ordinary disk) put that wait in every delivery's queue
+    time and held the endpoint's state row through it, so claims and settles of one busy
+    endpoint queued behind each other's flushes. Nothing the worker writes needs it: should
+    PostgreSQL itself crash (a worker crash loses nothing), the last fraction of a second of
+    claims and settles is rolled back, and those deliveries are sent again (at least once,
+    same webhook-id), their lost attempt records with them. Accepted events, endpoints and
+    everything the API writes stay on durable commits: a later durable commit also flushes
+    every earlier one.
+    """
+    return open_pool(url, settings, durable_commits=False)

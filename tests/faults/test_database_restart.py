@@ -1,4 +1,5 @@
-"""PostgreSQL stopped and started under a running `dispatcher serve`, mid-stream.
+"""PostgreSQL stopped (fast, as in a restart; immediate, as in a crash) and started under a
+running `dispatcher serve`, mid-stream.
 
 While the database is down the API answers 503 in the error shape and /readyz fails (the
 process itself stays alive: /healthz). After the restart everything recovers without
@@ -151,7 +152,9 @@ async def _expect_unavailable(api: Api, key: str) -> int:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_postgres_restart_mid_stream_loses_nothing(
+    mode: str,
     database: OwnPostgres,
     receiver: Receiver,
     tmp_path: Path,
@@ -181,7 +184,9 @@ async def test_postgres_restart_mid_stream_loses_nothing(
             await platform.report("before", range(mailings), "created")
             await receiver.wait_for(mailings // 10, timeout=30)  # mid-stream
 
-            await asyncio.to_thread(database.stop)
+            # immediate: a crash (no shutdown checkpoint; what the worker committed without
+            # waiting for the disk is lost and sent again; what the API accepted is kept)
+            await asyncio.to_thread(database.stop, mode)
             unavailable = await _expect_unavailable(api, key)
             await asyncio.sleep(1.0)  # the worker keeps failing to claim, settle and listen
             await asyncio.to_thread(database.start)
