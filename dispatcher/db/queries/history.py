@@ -44,7 +44,9 @@ done AS (
     WHERE ($2::text IS NULL OR o.status = $2)
       AND ($6::timestamptz IS NULL OR o.created_at >= $6)
       AND ($7::timestamptz IS NULL OR o.created_at < $7)
-      AND NOT EXISTS (SELECT 1 FROM delivery_queue l WHERE l.id = o.id)
+      -- a subquery per row, not an anti-join: with a large queue the planner would join the
+      -- endpoint's whole history against it before the page is cut
+      AND NOT (SELECT EXISTS (SELECT 1 FROM delivery_queue l WHERE l.id = o.id))
       AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM events e WHERE e.id = o.event_id
                                         AND e.created_at = o.created_at AND e.event_type = $5))
     ORDER BY o.id DESC
