@@ -5,7 +5,7 @@
 # database session (shard = backend pid) for the UTC day of `now`: no two live sessions share a
 # row, so a transaction left open (a platform's outbox) never holds up another session's
 # counting. Rows are grouped and sorted before the upsert, so a statement locks them in order.
-# Retention folds the rows of closed days into shard 0 (FOLD_USAGE); a read sums a day's rows.
+# Housekeeping folds the rows of closed days into shard 0 (FOLD_USAGE); a read sums a day's rows.
 
 # the shard of a folded row: no backend has pid 0
 FOLDED_SHARD = 0
