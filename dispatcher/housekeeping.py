@@ -37,8 +37,9 @@ log = logging.getLogger("dispatcher.worker")  # one log for the worker, whicheve
 PARTITIONS_EVERY_SECONDS = 3600
 QUEUE_VACUUM_DEAD_ROWS = 1000  # dead row versions in delivery_queue worth a VACUUM
 # not a statement of dispatcher.db.queries (it cannot be prepared, nor run in a transaction);
-# skipped, not waited for, while another worker's VACUUM holds the table
-VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) delivery_queue"
+# skipped, not waited for, while another worker's VACUUM holds the table; no parallel index
+# workers: they would take cores from the deliveries this VACUUM is meant to speed up
+VACUUM_QUEUE = "VACUUM (SKIP_LOCKED, PARALLEL 0) delivery_queue"
 
 
 @dataclass(frozen=True)
