@@ -104,8 +104,9 @@ All traffic stays on 127.0.0.1; every test is bounded in events and in time.
 - **PostgreSQL restart** (`tests/faults/test_database_restart.py`): a PostgreSQL of the
   test's own is stopped (fast shutdown: every client disconnected; and immediate, a crash:
   what the workers committed without waiting for the disk is lost and sent again) and
-  started again under a running `dispatcher serve`, mid-stream. While it is down every database-backed route
-  answers 503 in the error shape and `/readyz` fails while `/healthz` answers. After the
+  started again under a running `dispatcher serve`, mid-stream. While it is down every
+  database-backed route answers 503 in the error shape and `/readyz` fails while `/healthz`
+  answers. After the
   restart the pool and the LISTEN connection reconnect on their own (the fallback poll is
   ten minutes away), and every event accepted before and after is delivered.
 - **Hostile receivers** (`tests/faults/test_hostile_receivers.py`): next to a healthy
