@@ -97,16 +97,27 @@ async def scratch_url(database_url: str) -> AsyncIterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
-async def migrated_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    conn = await asyncpg.connect(database_url)
+@contextlib.asynccontextmanager
+async def open_migrated_pool(
+    url: str, *, min_size: int, max_size: int
+) -> AsyncIterator[asyncpg.Pool]:
+    """The database at `url` migrated, and a pool on it for the life of the block."""
+    conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
     finally:
         await conn.close()
-    pool = await create_pool(database_url, min_size=2, max_size=20)
-    yield pool
-    await pool.close()
+    pool = await create_pool(url, min_size=min_size, max_size=max_size)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def migrated_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with open_migrated_pool(database_url, min_size=2, max_size=20) as pool:
+        yield pool
 
 
 # One round trip that TRUNCATEs only the tables holding rows: the history partitions that

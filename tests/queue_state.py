@@ -45,3 +45,46 @@ async def force_status(
 async def endpoint_ids_of(conn: asyncpg.Connection, endpoint_id: str) -> list[int]:
     rows = await conn.fetch("SELECT id FROM deliveries WHERE endpoint_id = $1", endpoint_id)
     return [r["id"] for r in rows]
+
+
+async def insert_events(
+    conn: asyncpg.Connection, tenant_id: str, prefix: str, count: int, at: datetime, body: bytes
+) -> None:
+    """`count` sandbox `mailing.created` events `<prefix>1`..`<prefix><count>` (mailings
+    `ml_<prefix>1`..), created and occurred at `at`."""
+    await conn.execute(
+        """INSERT INTO events (id, tenant_id, environment, event_type, mailing_id, occurred_at,
+                               created_at, body)
+           SELECT $2 || g, $1, 'sandbox', 'mailing.created', 'ml_' || $2 || g, $3, $3, $4
+           FROM generate_series(1, $5) g""",
+        tenant_id,
+        prefix,
+        at,
+        body,
+        count,
+    )
+
+
+async def queue_deliveries(
+    conn: asyncpg.Connection,
+    tenant_id: str,
+    prefix: str,
+    count: int,
+    endpoints: list[str],
+    created: datetime,
+    due: datetime,
+) -> None:
+    """A queued delivery of each event `<prefix>1`..`<prefix><count>` (created at `created`)
+    to each endpoint, due at `due`; ids follow the events, then the endpoints' order."""
+    await conn.execute(
+        """INSERT INTO delivery_queue (event_id, endpoint_id, tenant_id, event_created_at,
+                                      created_at, next_attempt_at, age_origin)
+           SELECT $2 || g, e, $1, $3, $4, $4, $4
+           FROM generate_series(1, $5) g, unnest($6::text[]) e""",
+        tenant_id,
+        prefix,
+        created,
+        due,
+        count,
+        endpoints,
+    )

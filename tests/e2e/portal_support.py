@@ -27,13 +27,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from dispatcher.db.migrate import migrate
-from dispatcher.db.pool import create_pool
 from dispatcher.ids import ApiKeyId, TenantId
 from dispatcher.models import Environment, Principal
 from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
-from tests.conftest import ENCRYPTION_KEY, scratch_database
+from tests.conftest import ENCRYPTION_KEY, open_migrated_pool, scratch_database
 from tests.tooling import free_port, in_ci, require_tool
 
 PLATFORM_TOKEN = "portal-e2e-platform-token-0123456789abcdef"
@@ -69,17 +67,11 @@ async def portal_database(
     session database before each test: sharing it let a TRUNCATE pull rows from under the
     server's worker (duplicate deliveries, deadlocks in its log). Here nothing else writes.
     """
-    async with scratch_database(database_url, "portal") as url:
-        conn = await asyncpg.connect(url)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        pool = await create_pool(url, min_size=1, max_size=5)
-        try:
-            yield PortalDatabase(url, pool)
-        finally:
-            await pool.close()
+    async with (
+        scratch_database(database_url, "portal") as url,
+        open_migrated_pool(url, min_size=1, max_size=5) as pool,
+    ):
+        yield PortalDatabase(url, pool)
 
 
 @pytest.fixture(name="pool")

@@ -28,6 +28,7 @@ from dispatcher.queue import (
 )
 from dispatcher.worker import WorkerConfig
 from tests.perf.flow import fair_wait
+from tests.queue_state import insert_events, queue_deliveries
 
 LIMITS = QueueLimits()  # the product defaults: adaptive limit 1..32, breaker after 5 failures
 POLICY = RetryPolicy()
@@ -54,31 +55,11 @@ async def _backlog(
     pool: asyncpg.Pool, tenant_id: str, endpoints: list[str], per_endpoint: int, due: datetime
 ) -> None:
     """`per_endpoint` deliveries due at `due` for each endpoint (events of their own)."""
-    tag = f"{endpoints[0]}_{len(endpoints)}_{per_endpoint}"
+    prefix = f"evt_{endpoints[0]}_{len(endpoints)}_{per_endpoint}_"
     async with pool.acquire() as conn:
         await ensure_day(conn, due)
-        await conn.execute(
-            """INSERT INTO events (id, tenant_id, environment, event_type, mailing_id,
-                                   occurred_at, created_at, body)
-               SELECT 'evt_' || $4 || '_' || g, $1, 'sandbox', 'mailing.created', 'ml_' || g,
-                      $2, $2, '{}'::bytea
-               FROM generate_series(1, $3) g""",
-            tenant_id,
-            due,
-            per_endpoint,
-            tag,
-        )
-        await conn.execute(
-            """INSERT INTO delivery_queue (event_id, endpoint_id, tenant_id, event_created_at,
-                                          created_at, next_attempt_at, age_origin)
-               SELECT 'evt_' || $5 || '_' || g, e, $2, $1, $1, $1, $1
-               FROM generate_series(1, $3) g, unnest($4::text[]) e""",
-            due,
-            tenant_id,
-            per_endpoint,
-            endpoints,
-            tag,
-        )
+        await insert_events(conn, tenant_id, prefix, per_endpoint, due, b"{}")
+        await queue_deliveries(conn, tenant_id, prefix, per_endpoint, endpoints, due, due)
 
 
 def _settlement(

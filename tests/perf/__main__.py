@@ -42,6 +42,7 @@ from dispatcher.store import endpoints as endpoint_store
 from dispatcher.store import tenants
 from tests.deadlock_scan import find_deadlocks
 from tests.perf import cpu, delivery_log, flow, minimal
+from tests.queue_state import insert_events, queue_deliveries
 
 TOKEN = "bench-platform-token-0123456789abcdef"
 ENCRYPTION_KEY = "YmVuY2gtZW5jcnlwdGlvbi1rZXktMzItYnl0ZXMtMDA="
@@ -540,25 +541,9 @@ class Bench:
             events = pending // 1000
             now = datetime.now(UTC)
             body = SAMPLE_BODY
-            await conn.execute(
-                """INSERT INTO events (id, tenant_id, environment, event_type, mailing_id,
-                                       occurred_at, created_at, body)
-                   SELECT 'evt_b' || g, $1, 'sandbox', 'mailing.created', 'ml_b' || g, $2, $2, $3
-                   FROM generate_series(1, $4) g""",
-                tenant,
-                now,
-                body,
-                events,
-            )
-            await conn.execute(
-                """INSERT INTO delivery_queue (event_id, endpoint_id, tenant_id, event_created_at,
-                                              created_at, next_attempt_at, age_origin)
-                   SELECT 'evt_b' || g, 'ep_b' || e, $3, $1, $1, $1, $1
-                   FROM generate_series(1, $2) g, generate_series(1, 1000) e""",
-                now,
-                events,
-                tenant,
-            )
+            await insert_events(conn, tenant, "evt_b", events, now, body)
+            endpoints = [f"ep_b{e}" for e in range(1, 1001)]
+            await queue_deliveries(conn, tenant, "evt_b", events, endpoints, now, now)
             await conn.execute("VACUUM ANALYZE delivery_queue")
 
     async def claim_latency_ms(self, samples: int = 30) -> float:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from dispatcher import sealing
+from tests.queue_state import insert_events, queue_deliveries
 
 if TYPE_CHECKING:
     from tests.perf.__main__ import Bench
@@ -245,38 +246,14 @@ async def fair_share(bench: Bench) -> dict[str, float]:
     now = datetime.now(UTC)
     flood_at = now - timedelta(seconds=60)
     async with bench.pool.acquire() as conn:
-        await conn.execute(
-            """INSERT INTO events (id, tenant_id, environment, event_type, mailing_id,
-                                   occurred_at, created_at, body)
-               SELECT 'evt_fair' || g, $1, 'sandbox', 'mailing.created', 'ml_fair' || g, $2, $2, $3
-               FROM generate_series(1, $4) g""",
-            tenant,
-            flood_at,
-            FAIR_BODY,
-            FAIR_FLOOD,
-        )
+        await insert_events(conn, tenant, "evt_fair", FAIR_FLOOD, flood_at, FAIR_BODY)
         # the flood: every event to endpoint 1, due a minute ago
-        await conn.execute(
-            """INSERT INTO delivery_queue (event_id, endpoint_id, tenant_id, event_created_at,
-                                          created_at, next_attempt_at, age_origin)
-               SELECT 'evt_fair' || g, 'ep_fair1', $2, $1, $1, $1, $1
-               FROM generate_series(1, $3) g""",
-            flood_at,
-            tenant,
-            FAIR_FLOOD,
+        await queue_deliveries(
+            conn, tenant, "evt_fair", FAIR_FLOOD, ["ep_fair1"], flood_at, flood_at
         )
         # the backlogs: the first FAIR_BACKLOG events to every other endpoint, due now
-        await conn.execute(
-            """INSERT INTO delivery_queue (event_id, endpoint_id, tenant_id, event_created_at,
-                                          created_at, next_attempt_at, age_origin)
-               SELECT 'evt_fair' || g, 'ep_fair' || e, $2, $1, $3, $3, $3
-               FROM generate_series(1, $4) g, generate_series(2, $5) e""",
-            flood_at,
-            tenant,
-            now,
-            FAIR_BACKLOG,
-            FAIR_ENDPOINTS,
-        )
+        others = [f"ep_fair{e}" for e in range(2, FAIR_ENDPOINTS + 1)]
+        await queue_deliveries(conn, tenant, "evt_fair", FAIR_BACKLOG, others, flood_at, now)
         await conn.execute("VACUUM ANALYZE delivery_queue")
     backlogs = {f"f{g}": FAIR_BACKLOG for g in range(2, FAIR_ENDPOINTS + 1)}
     backlogs["f1"] = FAIR_FLOOD
