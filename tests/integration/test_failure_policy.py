@@ -19,9 +19,10 @@ from dispatcher.clock import FakeClock
 from dispatcher.events import Transition, record_transitions
 from dispatcher.models import Environment, Principal
 from dispatcher.policy import RetryPolicy
-from dispatcher.queue import QueueLimits, claim
+from dispatcher.queue import QueueLimits, claim, next_due
 from dispatcher.sender import delivery_session
 from dispatcher.store import endpoints as endpoint_store
+from dispatcher.store.endpoints import EndpointChanges
 from dispatcher.transitions import MailingStatus
 from dispatcher.worker import Worker, WorkerConfig
 
@@ -302,7 +303,7 @@ async def test_per_endpoint_cap_holds_across_claims(
     assert len(first) + len(second) == 4, "two claimers together never exceed the cap"
 
 
-async def test_failing_endpoint_opens_its_circuit_and_postpones_its_backlog(
+async def test_failing_endpoint_opens_its_circuit_and_its_backlog_waits(
     pool: asyncpg.Pool, make_tenant: Any, receiver: Any, clock: FakeClock, session: Any
 ) -> None:
     tenant = await make_tenant()
@@ -312,15 +313,30 @@ async def test_failing_endpoint_opens_its_circuit_and_postpones_its_backlog(
     limits = QueueLimits(endpoint_concurrency=5, breaker_threshold=5, breaker_open_seconds=60)
     w = worker(pool, session, clock, concurrency=5, limits=limits)
     await w.drain(max_rounds=1)
+    opened_until = clock.now() + timedelta(seconds=60)
     async with pool.acquire() as conn:
         ep = await conn.fetchrow("SELECT * FROM endpoint_state WHERE endpoint_id=$1", down)
-        due = await conn.fetchval(
-            "SELECT count(*) FROM deliveries WHERE status='pending' AND next_attempt_at <= $1",
+        shown = await conn.fetch(
+            "SELECT next_attempt_at FROM deliveries WHERE status='pending' AND endpoint_id=$1",
+            down,
+        )
+        due = await next_due(conn)
+        # the circuit is read, not written into the backlog: a dead endpoint's thousands of
+        # queued rows are not rewritten each time it re-opens (migration 013)
+        rewritten = await conn.fetchval(
+            "SELECT count(*) FROM delivery_queue WHERE endpoint_id=$1 AND next_attempt_at > $2",
+            down,
             clock.now(),
         )
+        taken = await claim(conn, clock.now(), 64, limits, worker_id=9)
     assert ep["consecutive_failures"] == 5
-    assert ep["circuit_open_until"] == clock.now() + timedelta(seconds=60)
-    assert due == 0, "the open circuit postpones the whole backlog"
+    assert ep["circuit_open_until"] == opened_until
+    assert len(shown) == 20 and {r["next_attempt_at"] for r in shown} == {opened_until}, (
+        "the delivery log shows each waiting delivery's next attempt when the circuit closes"
+    )
+    assert due == opened_until, "an idle worker sleeps until the circuit closes"
+    assert rewritten == 5, "only the five attempted deliveries have a new due time (a retry)"
+    assert taken == [], "nothing is claimed while the circuit is open"
     clock.advance(61)
     receiver.script("/down", 200)
     await w.drain(max_rounds=1)
@@ -329,6 +345,34 @@ async def test_failing_endpoint_opens_its_circuit_and_postpones_its_backlog(
     async with pool.acquire() as conn:
         ep = await conn.fetchrow("SELECT * FROM endpoint_state WHERE endpoint_id=$1", down)
     assert ep["consecutive_failures"] == 0 and ep["circuit_open_until"] is None
+    assert len(receiver.at("/down")) == 25, "the 5 retried and the 15 that waited, once each"
+
+
+async def test_re_enabling_an_endpoint_sends_its_waiting_backlog_at_once(
+    pool: asyncpg.Pool, make_tenant: Any, receiver: Any, clock: FakeClock, session: Any
+) -> None:
+    """The tenant fixed the receiver and said so: no 30 min wait for the circuit."""
+    tenant = await make_tenant()
+    receiver.script("/down", 500)
+    down = await endpoint(pool, tenant, receiver.url("/down"), clock)
+    await emit(pool, tenant, clock, count=10)
+    limits = QueueLimits(endpoint_concurrency=5, breaker_threshold=5, breaker_open_seconds=1800)
+    w = worker(pool, session, clock, concurrency=5, limits=limits)
+    await w.drain(max_rounds=1)
+    owner = Principal(tenant.tenant_id, Environment.SANDBOX, "key")  # type: ignore[arg-type]
+    receiver.script("/down", 200)
+    clock.advance(1)
+    async with pool.acquire() as conn:
+        assert await next_due(conn) == clock.now() + timedelta(seconds=1799)
+        # PATCH {"enabled": true} on an enabled endpoint closes its circuit (disabling would
+        # cancel its backlog)
+        await endpoint_store.update_endpoint(
+            conn, owner, down, EndpointChanges(enabled=True), clock.now()
+        )
+        due = await next_due(conn)
+    assert due is not None and due < clock.now(), "the waiting backlog is due again"
+    await w.drain()
+    assert len(receiver.at("/down")) == 10, "the five never tried, sent without waiting"
 
 
 async def test_a_stalled_endpoint_does_not_hold_back_a_healthy_one(

@@ -19,7 +19,13 @@ LIST_ENDPOINT_DELIVERIES = """
 WITH live AS (
     SELECT q.id, q.event_id, q.endpoint_id,
            CASE WHEN q.worker_id IS NULL THEN 'pending' ELSE 'in_flight' END AS status,
-           q.attempts, q.next_attempt_at, q.created_at, NULL::timestamptz AS completed_at,
+           q.attempts,
+           -- as the view: not before the endpoint's circuit closes
+           CASE WHEN q.worker_id IS NULL
+                THEN GREATEST(q.next_attempt_at, (SELECT s.circuit_open_until
+                                                  FROM endpoint_state s WHERE s.endpoint_id = $1))
+                ELSE q.next_attempt_at END AS next_attempt_at,
+           q.created_at, NULL::timestamptz AS completed_at,
            q.last_status_code, q.last_outcome, q.replayed_at, q.event_created_at
     FROM delivery_queue q
     WHERE q.endpoint_id = $1

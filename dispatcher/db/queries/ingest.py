@@ -92,8 +92,7 @@ fanned AS (
     -- in event order, so that delivery ids follow it (ordering per mailing relies on that)
     INSERT INTO delivery_queue (endpoint_id, tenant_id, event_id, event_created_at, created_at,
                                 next_attempt_at, age_origin, mailing_id)
-    SELECT ep.id, ev.tenant_id, ev.id, $8, $8,
-           GREATEST($8, COALESCE(st.circuit_open_until, $8)), $8,
+    SELECT ep.id, ev.tenant_id, ev.id, $8, $8, $8, $8,
            CASE WHEN ep.ordering = 'mailing' THEN ev.mailing_id END
     FROM new_events ev
     JOIN unnest($1::text[]) WITH ORDINALITY AS o (id, n) ON o.id = ev.id
@@ -101,7 +100,6 @@ fanned AS (
       ON ep.tenant_id = ev.tenant_id AND ep.environment = ev.environment
      AND ep.enabled AND ep.deleted_at IS NULL
      AND ep.event_types && ARRAY['*', split_part(ev.event_type, '.', 1) || '.*', ev.event_type]
-    LEFT JOIN endpoint_state st ON st.endpoint_id = ep.id
     ORDER BY o.n, ep.id
     RETURNING 1
 ),"""

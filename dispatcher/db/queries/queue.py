@@ -290,8 +290,26 @@ usage_dead AS (
 SELECT count(*)::int FROM expired
 """
 
-# -> when the next pending delivery falls due (NULL when the queue is empty)
-NEXT_DUE = "SELECT min(next_attempt_at) FROM delivery_queue WHERE worker_id IS NULL"
+# -> when the next pending delivery falls due (NULL when the queue is empty): per endpoint with
+# pending work (the claim's loose index scan), its head or, later, when its circuit closes. An
+# open circuit is never written into the backlog (migration 013), so the plain min() would be
+# "now" for as long as a dead endpoint has one.
+NEXT_DUE = """
+WITH RECURSIVE pending_endpoints (id) AS (
+    (SELECT endpoint_id FROM delivery_queue WHERE worker_id IS NULL ORDER BY endpoint_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.endpoint_id FROM delivery_queue d
+            WHERE d.worker_id IS NULL AND d.endpoint_id > p.id
+            ORDER BY d.endpoint_id LIMIT 1)
+    FROM pending_endpoints p WHERE p.id IS NOT NULL
+)
+SELECT min(GREATEST(h.head, s.circuit_open_until))
+FROM pending_endpoints p
+CROSS JOIN LATERAL (SELECT min(d.next_attempt_at) AS head FROM delivery_queue d
+                    WHERE d.worker_id IS NULL AND d.endpoint_id = p.id) h
+LEFT JOIN endpoint_state s ON s.endpoint_id = p.id
+WHERE p.id IS NOT NULL
+"""
 
 # ---- worker liveness ----------------------------------------------------------------------
 
