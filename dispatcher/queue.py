@@ -127,11 +127,14 @@ async def claim(
     *,
     worker_id: int,
     allowance: TenantAllowance | None = None,
+    finished: Mapping[str, int] | None = None,
 ) -> list[ClaimedDelivery]:
     """Up to `limit` due deliveries for `worker_id`; `start_after` rotates the walk over
-    endpoints; `allowance` caps each tenant's share."""
+    endpoints; `allowance` caps each tenant's share; `finished`: per endpoint, this worker's
+    attempts that are over but not yet settled (their slots are free to it)."""
     share = allowance or TenantAllowance()
     reduced = dict(share.reduced or {})
+    done = dict(finished or {})
     limiter = limits.limiter()
     rows = await conn.fetch(
         q.CLAIM_DELIVERIES,
@@ -150,6 +153,8 @@ async def claim(
         limiter.initial,
         round(limits.rate_horizon_seconds * 1_000_000),
         JITTER_ALLOWANCE_MICROSECONDS,
+        list(done),
+        list(done.values()),
     )
     return [
         ClaimedDelivery(

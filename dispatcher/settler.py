@@ -3,13 +3,16 @@
 A batch goes out when it is full (the claim batch size) or when the settle interval has
 passed since it started filling. A write that fails is retried until the database takes it:
 an attempt's record is never dropped. After each batch, what the attempts said is folded into
-the endpoints' shared limits.
+the endpoints' shared limits. Until its settle commits, a finished attempt still counts in its
+endpoint's in_flight; `finished()` tells the claim how many of those only wait here, so their
+slots are used again at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,12 +50,18 @@ class Settler:
         self._clock = clock
         self._settled = settled  # a batch is written: its endpoints' slots are free again
         self._buffer: list[Settlement] = []
+        self._unsettled: Counter[str] = Counter()  # per endpoint: added, not yet committed
         self._ready = asyncio.Event()
         self._closing = False
 
     def add(self, settlement: Settlement) -> None:
         self._buffer.append(settlement)
+        self._unsettled[settlement.delivery.endpoint_id] += 1
         self._ready.set()
+
+    def finished(self) -> dict[str, int]:
+        """Per endpoint, attempts that are over but whose settle has not committed yet."""
+        return dict(self._unsettled)
 
     def close(self) -> None:
         """Write what is buffered at once, then let `run` return."""
@@ -71,6 +80,8 @@ class Settler:
                 await asyncio.sleep(self._settings.interval_seconds)
             batch, self._buffer = self._buffer, []
             await self._settle(batch)
+            self._unsettled.subtract(s.delivery.endpoint_id for s in batch)
+            self._unsettled += Counter()  # drop the zeros
             await self._adapt(force=self._closing)
             self._settled()
 

@@ -236,8 +236,10 @@ class Worker:
             free = self._config.concurrency - len(self._tasks)
             want = min(free, self._config.batch_size)
             # A finished attempt frees a local slot, worth a claim right away, unless the last
-            # claim came back short: then endpoint caps are the limit, and until it is settled
-            # the finished attempt still counts against its endpoint, so claiming is futile.
+            # claim came back short: then endpoint caps (or the queue) are the limit, and a
+            # claim per finished attempt would cost more than it brings; each settled batch
+            # and each NOTIFY wake the loop (and the claim counts this worker's finished but
+            # unsettled attempts as free slots of their endpoints).
             self._wake_on_finish = True
             if want >= min_claim or not self._tasks:
                 deliveries = await self._claim(want)
@@ -297,6 +299,7 @@ class Worker:
                     self._cursor,
                     worker_id=worker_id,
                     allowance=self._allowance(),
+                    finished=self._settler.finished(),
                 )
             if deliveries:  # the next claim's walk over endpoints starts after the last served
                 self._cursor = walked_to(self._cursor, [d.endpoint_id for d in deliveries])

@@ -12,10 +12,13 @@ from typing import Any
 import orjson
 
 from dispatcher.clock import FakeClock
+from dispatcher.flow import LimiterBook
 from dispatcher.models import Ordering
 from dispatcher.queue import QueueLimits, claim
 from dispatcher.ratelimit import interval
+from dispatcher.settler import Settler, SettleSettings
 from dispatcher.store import deliveries as delivery_store
+from dispatcher.worker import Worker, WorkerConfig
 from tests.integration.conftest import World
 
 STATUSES = ["created", "paid", "queued", "printed", "handed_over"]
@@ -212,6 +215,73 @@ async def test_changing_the_rate_limit_starts_afresh(
 
 
 # ---- adaptive concurrency -----------------------------------------------------------------
+
+
+async def test_an_attempt_that_is_over_frees_its_slot_before_it_is_settled(
+    world: World, make_tenant: Any, clock: FakeClock
+) -> None:
+    """The limit counts requests actually open: the worker whose attempts are over (their
+    outcome waiting to be written) may start as many again at once; no one else may, and the
+    open requests never pass the limit."""
+    tenant = await make_tenant()
+    endpoint = await world.endpoint(tenant, "/fast")
+    for i in range(10):
+        await world.emit(tenant, f"ml_{i}", "created")
+    limits = QueueLimits(endpoint_concurrency=4)
+
+    async def take(worker_id: int, finished: dict[str, int] | None = None) -> int:
+        async with world.pool.acquire() as conn:
+            got = await claim(conn, clock.now(), 64, limits, worker_id=worker_id, finished=finished)
+        return len(got)
+
+    assert await take(1) == 4
+    assert (await take(2), await take(1)) == (0, 0), "at the limit: four open"
+    assert await take(1, {endpoint.id: 2}) == 2, "two of worker 1's are over: two more start"
+    assert await take(1, {endpoint.id: 2}) == 0, "still four open (six counted until settled)"
+    assert await take(2) == 0, "another worker's finished attempts are not its own"
+    async with world.pool.acquire() as conn:  # failing: one probe at a time, settled first
+        await conn.execute(
+            "UPDATE endpoint_state SET consecutive_failures = 5, in_flight = 1"
+            " WHERE endpoint_id = $1",
+            endpoint.id,
+        )
+    assert await take(1, {endpoint.id: 1}) == 0, "a probe's outcome is known before the next"
+
+
+async def test_the_settler_tells_the_claim_which_attempts_only_wait_to_be_written(
+    world: World, make_tenant: Any, clock: FakeClock
+) -> None:
+    tenant = await make_tenant()
+    endpoint = await world.endpoint(tenant, "/fast")
+    for i in range(3):
+        await world.emit(tenant, f"ml_{i}", "created")
+    limits = QueueLimits()
+    async with world.pool.acquire() as conn:
+        claimed = await claim(conn, clock.now(), 64, limits, worker_id=1)
+    worker = Worker(
+        world.pool, world.session, WorkerConfig(allow_private_targets=True), clock=clock
+    )
+    settlements = [await worker.deliverer.attempt(d) for d in claimed]
+    settler = Settler(
+        world.pool,
+        SettleSettings(64, 0.0, limits),
+        LimiterBook(limits.limiter()),
+        clock=clock,
+        settled=lambda: None,
+    )
+    for settlement in settlements:
+        assert settlement is not None
+        settler.add(settlement)
+    assert settler.finished() == {endpoint.id: 3}
+    running = asyncio.create_task(settler.run())
+    settler.close()
+    await running
+    assert settler.finished() == {}
+    async with world.pool.acquire() as conn:
+        held = await conn.fetchval(
+            "SELECT in_flight FROM endpoint_state WHERE endpoint_id = $1", endpoint.id
+        )
+    assert (held, len(world.receiver.at("/fast"))) == (0, 3)
 
 
 async def _limit(world: World, endpoint_id: str) -> float | None:

@@ -63,6 +63,8 @@ async def test_claim_uses_the_partial_queue_index(pool: asyncpg.Pool) -> None:
             "13": "8",
             "14": "100000",
             "15": "20000",
+            "16": "'{}'::text[]",
+            "17": "'{}'::int[]",
         }
         sql = re.sub(r"\$(\d+)", lambda m: values[m.group(1)], queries.CLAIM_DELIVERIES)
         plan = await conn.fetch("EXPLAIN " + sql)

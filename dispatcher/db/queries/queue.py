@@ -12,7 +12,8 @@ from dispatcher.db.queries.usage import USAGE_SETTLED_CTE
 # worker's id, $9 tenants with a reduced allowance, $10 their allowance (parallel arrays),
 # $11 the allowance of every other tenant (its fair share of this worker's slots), $12
 # concurrency floor, $13 initial concurrency limit, $14 rate-limit horizon and $15 its jitter
-# allowance (microseconds).
+# allowance (microseconds), $16 endpoints with attempts of this worker that are finished but not
+# yet settled and $17 how many (parallel arrays).
 # Walks the endpoints that have pending work (a loose index scan, in id order after $7 and then
 # from the start up to $7, so successive claims rotate over all of them), keeps those with
 # something due that are below their concurrency limit, not behind an open circuit and with a
@@ -23,7 +24,11 @@ from dispatcher.db.queries.usage import USAGE_SETTLED_CTE
 # endpoint gets evenly spaced send slots (dispatcher/ratelimit.py), returned as not_before; an
 # endpoint with ordering = 'mailing' skips a delivery while an earlier one of the same mailing
 # is still in the queue. endpoint_state rows are locked in id order, so limits, slots and order
-# are exact across workers. Endpoints of suspended or deleted tenants are skipped (their work
+# are exact across workers. An attempt this worker has finished but not yet settled still
+# counts in in_flight until its settle commits; its request is over, so its slot is free to
+# this worker now ($16/$17): what is exact is the number of requests actually open (an
+# endpoint past the failure threshold is the exception: its single probe must be settled
+# before the next goes). Endpoints of suspended or deleted tenants are skipped (their work
 # waits). Returns everything needed to send.
 CLAIM_DELIVERIES = """
 WITH RECURSIVE pending_endpoints (id, n) AS (
@@ -60,13 +65,19 @@ heads AS (
       ON t.tenant_id = h.tenant_id
     WHERE h.head <= $1 AND COALESCE(t.allowance, $11) > 0
 ),
+finished AS (
+    -- this worker's attempts that are over but not yet settled, per endpoint
+    SELECT f.endpoint_id, f.n FROM unnest($16::text[], $17::int[]) AS f (endpoint_id, n)
+),
 candidates AS (
     SELECT heads.id FROM heads
     JOIN endpoint_state s ON s.endpoint_id = heads.id
     -- the tenant filter: a suspended or deleted tenant's deliveries wait unsent
     JOIN tenants t ON t.id = heads.tenant_id AND t.suspended_at IS NULL AND t.deleted_at IS NULL
     JOIN endpoints e ON e.id = heads.id
-    WHERE s.in_flight < CASE WHEN s.consecutive_failures >= $5 THEN 1 ELSE LEAST($4::int,
+    LEFT JOIN finished f ON f.endpoint_id = heads.id
+    WHERE s.in_flight - CASE WHEN s.consecutive_failures >= $5 THEN 0 ELSE COALESCE(f.n, 0) END
+          < CASE WHEN s.consecutive_failures >= $5 THEN 1 ELSE LEAST($4::int,
               GREATEST($12::int, floor(COALESCE(s.concurrency_limit, $13::int))::int)) END
       AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= $1)
       AND (e.rate_limit_per_second IS NULL OR s.rate_tat IS NULL
@@ -87,16 +98,20 @@ state AS (
     FOR NO KEY UPDATE
 ),
 room AS (
-    SELECT st.id, e.ordering = 'mailing' AS ordered, st.slot0, r.step, st.in_flight AS held,
+    SELECT st.id, e.ordering = 'mailing' AS ordered, st.slot0, r.step, o.held,
            LEAST(CASE WHEN st.consecutive_failures >= $5 THEN 1 ELSE LEAST($4::int,
                      GREATEST($12::int, floor(COALESCE(st.concurrency_limit, $13::int))::int))
-                 END - st.in_flight,
+                 END - o.held,
                  CASE WHEN r.step IS NULL THEN $3
                       ELSE GREATEST(floor(($14::bigint - (extract(epoch FROM st.slot0 - $1)
                                             * 1000000)::bigint)::float8 / r.step)::int + 1, 0)
                  END) AS free
     FROM state st
     JOIN endpoints e ON e.id = st.id
+    -- requests actually open: in flight, less this worker's finished ones (not for a probe)
+    CROSS JOIN LATERAL (SELECT st.in_flight - CASE WHEN st.consecutive_failures >= $5 THEN 0
+                               ELSE COALESCE((SELECT f.n FROM finished f
+                                              WHERE f.endpoint_id = st.id), 0) END AS held) o
     -- microseconds between two send slots, rounded up (dispatcher/ratelimit.py)
     CROSS JOIN LATERAL (SELECT (1000000 + $15::bigint + e.rate_limit_per_second - 1)
                                / e.rate_limit_per_second AS step) r
