@@ -284,7 +284,7 @@ async def test_gauges_reflect_the_backlog_after_a_refresh(
     assert got.get("webhook_endpoints_limited", reason="concurrency") == 0
     assert got.get("webhook_endpoints_limited", reason="rate") == 0
 
-    clock.advance(3601)  # past the open circuit, which postponed its endpoint's backlog
+    clock.advance(3601)  # past the open circuit, behind which its endpoint's backlog waited
     await worker(pool, session, clock).drain()
     await refresh_gauges(pool, now=clock.now())
     got = await scrape()
