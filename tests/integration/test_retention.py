@@ -39,6 +39,23 @@ def removed_total(table: str) -> float:
     return value or 0.0
 
 
+async def _retain_through_contention(
+    conn: asyncpg.Connection, now: datetime, scratch: Scratch
+) -> tuple[list[retention.Removal], retention.RetentionReport]:
+    """Retention run again while a partition was in use or another run held the lock: the
+    promise there is "the next run retries". Twice, in two sessions' full-suite runs on a
+    loaded machine, the first run here kept a partition it should have dropped (never
+    reproduced alone); a DETACH ... CONCURRENTLY that outwaits its 500 ms lock timeout behind
+    another session's snapshot is the one way it can. -> all removed, and the last report."""
+    removed: list[retention.Removal] = []
+    for _ in range(5):
+        report = await apply_retention(conn, now, 30, history=scratch.history, trimmed=())
+        removed += report.removed
+        if not report.busy and all(k.reason != retention.IN_USE for k in report.kept):
+            break
+    return removed, report
+
+
 async def test_whole_expired_partitions_are_dropped_and_the_rest_kept(
     pool: asyncpg.Pool, clock: FakeClock, scratch: Scratch
 ) -> None:
@@ -46,7 +63,7 @@ async def test_whole_expired_partitions_are_dropped_and_the_rest_kept(
     events = f"{scratch.schema}.events"
     before = removed_total(events)
     async with pool.acquire() as conn:
-        report = await apply_retention(conn, now, 30, history=scratch.history, trimmed=())
+        removed, report = await _retain_through_contention(conn, now, scratch)
         left = await partitions(conn, scratch)
         oldest_row = await conn.fetchval(f"SELECT min(created_at) FROM {events}")
         rows = await conn.fetchval(f"SELECT count(*) FROM {events}")
@@ -55,10 +72,10 @@ async def test_whole_expired_partitions_are_dropped_and_the_rest_kept(
     assert left[-1] == "events_p20260512"
     assert oldest_row == now - 30 * DAY, "rows of a partially expired day stay until it all is"
     assert rows == 31 * 10
-    gone = sorted(r.partition or "" for r in report.removed if r.table == events)
+    gone = sorted(r.partition or "" for r in removed if r.table == events)
     assert gone == [f"{scratch.schema}.events_p202604{d:02d}" for d in range(1, 11)]
-    assert all(r.rows == 10 for r in report.removed)
-    assert {r.table for r in report.removed} == {events, f"{scratch.schema}.attempts"}
+    assert all(r.rows == 10 for r in removed)
+    assert {r.table for r in removed} == {events, f"{scratch.schema}.attempts"}
     assert not report.kept and not report.busy
     assert removed_total(events) - before == 100
     async with pool.acquire() as conn:
