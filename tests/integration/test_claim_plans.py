@@ -17,11 +17,10 @@ import asyncpg
 
 from dispatcher.clock import FakeClock
 from dispatcher.db.pool import open_delivery_pool
-from dispatcher.models import Environment, Principal
 from dispatcher.partitions import ensure_partitions
 from dispatcher.queue import QueueLimits, claim
 from dispatcher.settings import Settings
-from dispatcher.store import endpoints as endpoint_store
+from tests.integration.conftest import World
 from tests.queue_state import insert_events, queue_deliveries
 
 BACKLOG = 5000
@@ -43,23 +42,13 @@ async def _claim_and_count_scans(conn: asyncpg.Connection, clock: FakeClock) -> 
 
 
 async def test_a_claim_planned_on_an_empty_queue_does_not_scan_a_backlog_built_later(
-    pool: asyncpg.Pool, database_url: str, settings: Settings, make_tenant: Any, clock: FakeClock
+    world: World, database_url: str, settings: Settings, make_tenant: Any, clock: FakeClock
 ) -> None:
+    pool = world.pool
     tenant = await make_tenant()
-    owner = Principal(tenant.tenant_id, Environment.SANDBOX, "key")  # type: ignore[arg-type]
-    ids = []
+    slow = (await world.endpoint(tenant, "/slow")).id
+    healthy = (await world.endpoint(tenant, "/healthy")).id
     async with pool.acquire() as conn:
-        for path in ("slow", "healthy"):
-            created = await endpoint_store.create_endpoint(
-                conn,
-                owner,
-                url=f"https://example.com/{path}",
-                event_types=["*"],
-                secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-                now=clock.now(),
-            )
-            ids.append(created.id)
-        slow, healthy = ids
         # the slow endpoint holds every slot it may have: its backlog only grows
         await conn.execute(
             "UPDATE endpoint_state SET in_flight = 8, concurrency_limit = 8 WHERE endpoint_id = $1",

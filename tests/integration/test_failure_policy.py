@@ -303,16 +303,36 @@ async def test_per_endpoint_cap_holds_across_claims(
     assert len(first) + len(second) == 4, "two claimers together never exceed the cap"
 
 
+async def _open_circuit(
+    pool: asyncpg.Pool,
+    tenant: Any,
+    receiver: Any,
+    clock: FakeClock,
+    session: Any,
+    *,
+    events: int,
+    open_seconds: float,
+) -> tuple[str, Worker, QueueLimits]:
+    """An endpoint answering 500 with `events` queued; one round of 5 attempts opens its
+    circuit for `open_seconds`. -> the endpoint, the worker and its limits."""
+    receiver.script("/down", 500)
+    down = await endpoint(pool, tenant, receiver.url("/down"), clock)
+    await emit(pool, tenant, clock, count=events)
+    limits = QueueLimits(
+        endpoint_concurrency=5, breaker_threshold=5, breaker_open_seconds=open_seconds
+    )
+    w = worker(pool, session, clock, concurrency=5, limits=limits)
+    await w.drain(max_rounds=1)
+    return down, w, limits
+
+
 async def test_failing_endpoint_opens_its_circuit_and_its_backlog_waits(
     pool: asyncpg.Pool, make_tenant: Any, receiver: Any, clock: FakeClock, session: Any
 ) -> None:
     tenant = await make_tenant()
-    receiver.script("/down", 500)
-    down = await endpoint(pool, tenant, receiver.url("/down"), clock)
-    await emit(pool, tenant, clock, count=20)
-    limits = QueueLimits(endpoint_concurrency=5, breaker_threshold=5, breaker_open_seconds=60)
-    w = worker(pool, session, clock, concurrency=5, limits=limits)
-    await w.drain(max_rounds=1)
+    down, w, limits = await _open_circuit(
+        pool, tenant, receiver, clock, session, events=20, open_seconds=60
+    )
     opened_until = clock.now() + timedelta(seconds=60)
     async with pool.acquire() as conn:
         ep = await conn.fetchrow("SELECT * FROM endpoint_state WHERE endpoint_id=$1", down)
@@ -353,12 +373,9 @@ async def test_re_enabling_an_endpoint_sends_its_waiting_backlog_at_once(
 ) -> None:
     """The tenant fixed the receiver and said so: no 30 min wait for the circuit."""
     tenant = await make_tenant()
-    receiver.script("/down", 500)
-    down = await endpoint(pool, tenant, receiver.url("/down"), clock)
-    await emit(pool, tenant, clock, count=10)
-    limits = QueueLimits(endpoint_concurrency=5, breaker_threshold=5, breaker_open_seconds=1800)
-    w = worker(pool, session, clock, concurrency=5, limits=limits)
-    await w.drain(max_rounds=1)
+    down, w, _ = await _open_circuit(
+        pool, tenant, receiver, clock, session, events=10, open_seconds=1800
+    )
     owner = Principal(tenant.tenant_id, Environment.SANDBOX, "key")  # type: ignore[arg-type]
     receiver.script("/down", 200)
     clock.advance(1)
